@@ -1,0 +1,11 @@
+"""bertfast: a fast, trustworthy BERT for PyTorch.
+
+Importing bertfast never touches CUDA, imports neither triton nor transformers, and works without a GPU.
+"""
+from bertfast import ops
+from bertfast.config import BertConfig
+from bertfast.info import info
+from bertfast.models import BertModel, BertPreTrainedModel
+
+__version__ = "0.1.0"
+__all__ = ["BertConfig", "BertModel", "BertPreTrainedModel", "info", "ops"]

@@ -1,0 +1,54 @@
+"""bertfast.info(): versions, the extension's build, and the backend each op will use."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+import torch
+
+from bertfast import _backend
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def backends_for(device: str) -> dict[str, str]:
+    mode = _backend.backend_mode()
+    is_cuda = device == "cuda"
+    ext = _backend.extension() is not None and (not is_cuda or _backend.extension_has_cuda())
+    if mode == "torch":
+        triton_ops = "torch reference"
+    elif (mode == "triton" or is_cuda) and _backend.triton_available():
+        triton_ops = "triton" + (" (interpreter)" if not is_cuda else "")
+    else:
+        triton_ops = "torch reference"
+    embed = "torch reference" if mode == "torch" or not ext else ("bertfast._C (CUDA)" if is_cuda else "bertfast._C (C++)")
+    return {"embedding_sum": embed, "fused_bias_gelu": triton_ops, "fused_residual_layer_norm": triton_ops,
+            "fused_attention": triton_ops}
+
+
+def info(print_out: bool = True) -> dict:
+    ext = _backend.extension()
+    data = {
+        "bertfast": _version("bertfast"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "extension": "built" if ext is not None else "not built",
+        "extension_cuda": bool(ext is not None and ext.has_cuda()),
+        "BERTFAST_BACKEND": _backend.backend_mode(),
+        "backends": {"cpu": backends_for("cpu"), "cuda": backends_for("cuda")},
+    }
+    if print_out:
+        for key, value in data.items():
+            if key != "backends":
+                print(f"{key:>18}: {value}")
+        for device, ops in data["backends"].items():
+            for op, backend in ops.items():
+                print(f"{device + ' ' + op:>36}: {backend}")
+    return data

@@ -1,0 +1,3 @@
+from bertfast.models.bert import BertModel, BertPreTrainedModel
+
+__all__ = ["BertModel", "BertPreTrainedModel"]

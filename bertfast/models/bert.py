@@ -1,0 +1,347 @@
+"""BERT, read top to bottom: HF's module tree and parameter names, bertfast's ops underneath.
+
+An HF BertModel state_dict loads unchanged (`load_state_dict(hf.state_dict(), strict=True)`), and the
+forward takes HF's arguments and returns HF's output fields.
+
+Padding: attention_mask is HF's [B, S] 0/1 mask. Real tokens match transformers; at padded positions
+the values are whatever the layers compute there (they are never attended to).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertfast import ops
+from bertfast.config import BertConfig
+from bertfast.nn import Embeddings, FusedLayerNorm, LinearActivation
+from bertfast.nn.modules import dropout_seed
+from bertfast.outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+
+class AttentionInputs:
+    """What every layer's attention needs, prepared once per forward: the [B, S] bool key mask (None
+    when there is no padding), or an additive mask (then the reference attention runs), and whether the
+    probabilities are wanted."""
+
+    def __init__(self, key_mask=None, additive_mask=None, output_attentions=False):
+        self.key_mask = key_mask
+        self.additive_mask = additive_mask
+        self.output_attentions = output_attentions
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.additive_mask is not None or self.output_attentions
+
+
+def reference_attention(q, k, v, additive_mask, dropout_p, training):
+    """Eager attention that also returns the probabilities (for output_attentions and 4-D masks)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if additive_mask is not None:
+        scores = scores + additive_mask
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(F.dropout(probs, dropout_p, training), v), probs
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.head_dim
+        self.all_head_size = config.hidden_size
+        self.query = nn.Linear(config.hidden_size, self.all_head_size)
+        self.key = nn.Linear(config.hidden_size, self.all_head_size)
+        self.value = nn.Linear(config.hidden_size, self.all_head_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
+        batch, seq, _ = hidden.shape
+        heads = (batch, seq, self.num_attention_heads, self.attention_head_size)
+        q, k, v = (lin(hidden).view(heads).transpose(1, 2) for lin in (self.query, self.key, self.value))
+        if attn.needs_reference:
+            context, probs = reference_attention(q, k, v, attn.additive_mask, self.dropout_p, self.training)
+        else:
+            training = self.training and self.dropout_p > 0
+            context = ops.fused_attention(q, k, v, attn.key_mask, self.dropout_p, None, training,
+                                          dropout_seed() if training else None)
+            probs = None
+        return context.transpose(1, 2).reshape(batch, seq, self.all_head_size), probs
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = FusedLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout_p = config.hidden_dropout_prob
+
+    def forward(self, hidden: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(hidden), input_tensor, self.dropout_p)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
+        context, probs = self.self(hidden, attn)
+        return self.output(context, hidden), probs
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = LinearActivation(config.hidden_size, config.intermediate_size, config.hidden_act)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.dense(hidden)
+
+
+class BertOutput(BertSelfOutput):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
+        attention_output, probs = self.attention(hidden, attn)
+        return self.output(self.intermediate(attention_output), attention_output), probs
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden: torch.Tensor, attn: AttentionInputs, output_hidden_states: bool = False):
+        all_hidden = [hidden] if output_hidden_states else None
+        all_probs = [] if attn.output_attentions else None
+        for layer in self.layer:
+            hidden, probs = layer(hidden, attn)
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            if all_probs is not None:
+                all_probs.append(probs)
+        return hidden, all_hidden, all_probs
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden[:, 0]))
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, output_attentions: bool) -> AttentionInputs:
+    if attention_mask is None:
+        attention_mask_2d = None
+    elif attention_mask.dim() == 2:
+        attention_mask_2d = ops.attention.check_attention_mask(attention_mask, batch, seq)
+    elif attention_mask.dim() in (3, 4):
+        _warn_once("additive", "bertfast: a 3-D/4-D additive attention_mask runs the reference (eager) attention, "
+                               "not the fused kernel")
+        if attention_mask.dtype == torch.bool:
+            mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+            attention_mask = mask.masked_fill(~attention_mask, torch.finfo(dtype).min)
+        if attention_mask.dim() == 3:
+            attention_mask = attention_mask[:, None]
+        return AttentionInputs(additive_mask=attention_mask.to(dtype), output_attentions=output_attentions)
+    else:
+        raise ValueError(f"attention_mask must be [batch, seq] (or a 4-D additive mask), got shape {tuple(attention_mask.shape)}")
+    if output_attentions:
+        _warn_once("probs", "bertfast: output_attentions=True runs the reference (eager) attention, not the fused kernel")
+        additive = None
+        if attention_mask_2d is not None:
+            additive = torch.zeros((batch, 1, 1, seq), dtype=dtype, device=attention_mask_2d.device)
+            additive = additive.masked_fill(~attention_mask_2d[:, None, None, :], torch.finfo(dtype).min)
+        return AttentionInputs(additive_mask=additive, output_attentions=True)
+    if attention_mask_2d is not None and bool(attention_mask_2d.all()):
+        attention_mask_2d = None  # no padding: the kernels skip the mask
+    return AttentionInputs(key_mask=attention_mask_2d)
+
+
+class BertPreTrainedModel(nn.Module):
+    """Weight init, HF checkpoint loading and saving, shared by BertModel and the heads."""
+
+    config_class = BertConfig
+    base_model_prefix = "bert"
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        if not isinstance(config, BertConfig):
+            raise TypeError(f"config must be a bertfast.BertConfig, got {type(config).__name__} "
+                            "(convert a transformers config with BertConfig.from_hf)")
+        self.config = config
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def init_weights(self) -> None:
+        self.apply(self._init_weights)
+
+    # Checkpoints ----------------------------------------------------------------------------------
+    def _normalise_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """HF's own renames: legacy LayerNorm gamma/beta, the dropped position_ids buffer, and the
+        'bert.' prefix added or removed to fit this model (head weights are dropped when a bare
+        BertModel loads a checkpoint of a model with heads, as transformers does)."""
+        out = {}
+        for key, value in state.items():
+            key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+            if key.endswith("embeddings.position_ids"):
+                continue
+            out[key] = value
+        prefix = self.base_model_prefix + "."
+        own = self.state_dict().keys()
+        has_prefix = any(k.startswith(prefix) for k in own)
+        ckpt_prefixed = any(k.startswith(prefix) for k in out)
+        if not has_prefix and ckpt_prefixed:
+            out = {k[len(prefix):]: v for k, v in out.items() if k.startswith(prefix)}
+        elif has_prefix and not ckpt_prefixed:
+            out = {(prefix + k if (prefix + k) in own else k): v for k, v in out.items()}
+        return out
+
+    def load_checkpoint_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Strict load of a checkpoint state_dict: missing, unexpected and wrongly shaped tensors raise, listed."""
+        state = self._normalise_state_dict(state)
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state) - set(self._tied_keys()))
+        unexpected = sorted(set(state) - set(own))
+        shapes = sorted(f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+                        for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
+        if missing or unexpected or shapes:
+            parts = []
+            if missing:
+                parts.append(f"missing keys ({len(missing)}): {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+            if shapes:
+                parts.append(f"wrongly shaped tensors ({len(shapes)}): {shapes}")
+            raise RuntimeError(f"checkpoint does not fit {type(self).__name__}: " + "; ".join(parts))
+        self.load_state_dict(state, strict=False)
+        self.tie_weights()
+
+    def _tied_keys(self) -> list[str]:
+        return []
+
+    def tie_weights(self) -> None:
+        pass
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *args, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, allow_pickle: bool = False, **kwargs):
+        """Load config.json and model.safetensors from a local folder (nothing is downloaded).
+
+        A pickled pytorch_model.bin is refused unless allow_pickle=True, and then read with weights_only=True."""
+        directory = os.fspath(directory)
+        config = kwargs.pop("config", None) or BertConfig.from_pretrained(directory)
+        for key, value in kwargs.items():
+            setattr(config, key, value)
+        model = cls(config, *args)
+        model.load_checkpoint_state_dict(_read_weights(directory, allow_pickle))
+        if dtype is not None or device is not None:
+            model.to(device=device, dtype=dtype)
+        return model.eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors, the format transformers reads."""
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        config = self.config.to_dict()
+        config["architectures"] = [type(self).__name__]
+        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        tied = set(self._tied_keys())
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in tied}
+        save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+
+
+def _read_weights(directory: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    path = os.path.join(directory, "model.safetensors")
+    if os.path.isfile(path):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    pickled = os.path.join(directory, "pytorch_model.bin")
+    if os.path.isfile(pickled):
+        if not allow_pickle:
+            raise RuntimeError(f"{pickled} is a pickle, which can run code when loaded; convert it to safetensors, "
+                               "or pass allow_pickle=True to load it with torch.load(weights_only=True)")
+        return torch.load(pickled, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no model.safetensors in {directory!r}")
+
+
+class BertModel(BertPreTrainedModel):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__(config)
+        self.embeddings = Embeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                output_hidden_states=None, output_attentions=None, return_dict=None, **kwargs):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        batch, seq = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        attn = _attention_inputs(attention_mask, batch, seq, hidden.dtype, output_attentions)
+        sequence_output, all_hidden, all_probs = self.encoder(hidden, attn, output_hidden_states)
+        pooled = self.pooler(sequence_output) if self.pooler is not None else None
+
+        out = BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_probs) if all_probs is not None else None,
+        )
+        return out if return_dict else out.to_tuple()

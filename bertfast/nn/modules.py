@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertfast import ops
+
+# hidden_act -> (fused GELU approximation or None, plain activation)
+_ACTIVATIONS = {
+    "gelu": ("none", None),
+    "gelu_python": ("none", None),
+    "gelu_new": ("tanh", None),
+    "gelu_pytorch_tanh": ("tanh", None),
+    "relu": (None, F.relu),
+    "tanh": (None, torch.tanh),
+}
+
+
+def dropout_seed() -> int:
+    """A seed for in-kernel dropout, drawn from torch's CPU generator (so torch.manual_seed governs it)."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+class FusedLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and state_dict) computing LayerNorm(dropout(x) + residual) in one op."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+        training = self.training and dropout_p > 0
+        return ops.fused_residual_layer_norm(x, residual, self.weight, self.bias, self.eps, dropout_p, training,
+                                             dropout_seed() if training else None)
+
+
+class LinearActivation(nn.Linear):
+    """nn.Linear followed by an activation; for GELU the bias add is fused into the activation kernel."""
+
+    def __init__(self, in_features: int, out_features: int, activation: str = "gelu", **kwargs) -> None:
+        super().__init__(in_features, out_features, **kwargs)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        approximate, plain = _ACTIVATIONS[self.activation]
+        if approximate is not None and self.bias is not None:
+            return ops.fused_bias_gelu(F.linear(x, self.weight), self.bias, approximate)
+        return plain(F.linear(x, self.weight, self.bias)) if plain else F.gelu(F.linear(x, self.weight, self.bias), approximate=approximate)
+
+
+class Embeddings(nn.Module):
+    """HF BertEmbeddings: word + position + token-type embeddings (one fused op), LayerNorm, dropout."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = FusedLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout_p = config.hidden_dropout_prob
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False)
+        self.register_buffer("token_type_ids", torch.zeros(self.position_ids.size(), dtype=torch.long), persistent=False)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None) -> torch.Tensor:
+        seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        max_len = self.position_embeddings.num_embeddings
+        if position_ids is None:
+            if seq > max_len:
+                raise ValueError(f"the sequence has {seq} tokens, more than max_position_embeddings={max_len}")
+            position_ids = self.position_ids[:, :seq]
+        if token_type_ids is None:
+            token_type_ids = self.token_type_ids[:, :1]
+        x = ops.embedding_sum(input_ids, token_type_ids, position_ids, self.word_embeddings.weight,
+                              self.token_type_embeddings.weight, self.position_embeddings.weight,
+                              padding_idx=self.word_embeddings.padding_idx, inputs_embeds=inputs_embeds)
+        # Dropout after the LayerNorm, as in HF (the fused op's dropout acts on its input).
+        return F.dropout(self.LayerNorm(x), self.dropout_p, self.training)

