@@ -1,4 +1,9 @@
-"""fused_bias_gelu: gelu(x + bias) in one pass each way (Triton on CUDA, the torch reference on CPU)."""
+"""fused_bias_gelu: gelu(x + bias) in one pass each way.
+
+Triton on CUDA (and under the interpreter with BERTFAST_BACKEND=triton), the torch reference elsewhere.
+Registered as the custom op bertfast::bias_gelu (autograd through bertfast::bias_gelu_backward), so
+torch.compile traces it as one node. The backward recomputes x + bias rather than storing it.
+"""
 from __future__ import annotations
 
 import torch
@@ -10,8 +15,49 @@ from bertfast.reference import bias_gelu_ref
 APPROXIMATIONS = ("none", "tanh")
 
 
+@torch.library.custom_op("bertfast::bias_gelu", mutates_args=())
+def _bias_gelu_op(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    from bertfast.kernels.bias_gelu import bias_gelu_forward
+
+    return bias_gelu_forward(x, bias, approximate)
+
+
+@_bias_gelu_op.register_fake
+def _(x, bias, approximate):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("bertfast::bias_gelu_backward", mutates_args=())
+def _bias_gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
+                           approximate: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from bertfast.kernels.bias_gelu import bias_gelu_backward
+
+    return bias_gelu_backward(dy.contiguous(), x, bias, approximate)
+
+
+@_bias_gelu_backward_op.register_fake
+def _(dy, x, bias, approximate):
+    return torch.empty_like(x), torch.empty_like(bias)
+
+
+def _setup_context(ctx, inputs, output):
+    x, bias, approximate = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.approximate = approximate
+
+
+def _backward(ctx, dy):
+    x, bias = ctx.saved_tensors
+    dx, dbias = _bias_gelu_backward_op(dy, x, bias, ctx.approximate)
+    return dx, dbias, None
+
+
+_bias_gelu_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def fused_bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """gelu(x + bias) over the last dimension; approximate="none" is erf GELU, "tanh" the tanh form."""
+    """gelu(x + bias) over the last dimension; approximate="none" is erf GELU, "tanh" the tanh form.
+    x: [..., n] float; bias: [n]. The output has x's dtype."""
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     check_tensor("bias", bias, dtypes=FLOAT_DTYPES, dim=1)
     if x.dim() == 0 or bias.shape[0] != x.shape[-1]:
@@ -19,8 +65,9 @@ def fused_bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "non
     if approximate not in APPROXIMATIONS:
         raise ValueError(f"approximate must be one of {APPROXIMATIONS}, got {approximate!r}")
     check_same_device(x=x, bias=bias)
-    if _backend.use_triton(x):
-        from bertfast.ops._triton_ops import bias_gelu
-
-        return bias_gelu(x, bias, approximate)
-    return bias_gelu_ref(x, bias, approximate)
+    if not _backend.use_triton(x):
+        return bias_gelu_ref(x, bias, approximate).to(x.dtype)
+    if x.numel() == 0:
+        return torch.empty_like(x)
+    n = x.shape[-1]
+    return _bias_gelu_op(x.reshape(-1, n).contiguous(), bias.contiguous(), approximate).view(x.shape)

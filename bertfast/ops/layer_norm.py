@@ -1,7 +1,9 @@
 """fused_residual_layer_norm: LayerNorm(dropout(x) + residual) in one pass each way.
 
-residual=None makes it a plain LayerNorm (the embeddings use it so). Statistics in fp32; dropout drawn in
-the kernel from a seed and regenerated in the backward (no stored mask).
+residual=None makes it a plain LayerNorm (the embeddings use it so). Statistics are kept in fp32; the
+output has x's dtype (fp32 weights with bf16/fp16 activations are fine). Dropout is drawn in the
+kernel from `seed` with a counter-based generator and regenerated in the backward (no stored mask).
+Registered as the custom op bertfast::residual_layer_norm, autograd through ..._backward.
 """
 from __future__ import annotations
 
@@ -12,17 +14,76 @@ from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, check_probability, check_same_device, check_tensor
 
 
+@torch.library.custom_op("bertfast::residual_layer_norm", mutates_args=())
+def _layer_norm_op(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
+                   bias: torch.Tensor | None, eps: float, p: float,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from bertfast.kernels.layer_norm import residual_layer_norm_forward
+
+    return residual_layer_norm_forward(x, residual, weight, bias, eps, p, seed)
+
+
+@_layer_norm_op.register_fake
+def _(x, residual, weight, bias, eps, p, seed):
+    stats = x.new_empty(x.shape[0], dtype=torch.float32)
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("bertfast::residual_layer_norm_backward", mutates_args=())
+def _layer_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
+                            weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, p: float,
+                            seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from bertfast.kernels.layer_norm import residual_layer_norm_backward
+
+    dh, dx, dw, db = residual_layer_norm_backward(dy.contiguous(), x, residual, weight, mean, rstd, p, seed)
+    # Custom-op outputs may not alias each other: without dropout dx equals dh, returned once as dh.
+    return dh, (dx if dx is not dh else dh.new_empty(0)), dw, db
+
+
+@_layer_norm_backward_op.register_fake
+def _(dy, x, residual, weight, mean, rstd, p, seed):
+    n = x.shape[1]
+    dx = torch.empty_like(x) if p > 0 else x.new_empty(0)
+    return torch.empty_like(x), dx, x.new_empty(n, dtype=torch.float32), x.new_empty(n, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x, residual, weight, bias, eps, p, seed = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, residual, weight, mean, rstd)
+    ctx.p, ctx.seed = p, seed
+    ctx.param_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, residual, weight, mean, rstd = ctx.saved_tensors
+    dh, dx, dw, db = _layer_norm_backward_op(dy, x, residual, weight, mean, rstd, ctx.p, ctx.seed)
+    if ctx.p == 0:
+        dx = dh
+    w_dtype, b_dtype = ctx.param_dtypes
+    return (dx, dh if residual is not None else None, dw.to(w_dtype) if w_dtype else None,
+            db.to(b_dtype) if b_dtype else None, None, None, None)
+
+
+_layer_norm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
                               bias: torch.Tensor | None, eps: float = 1e-12, dropout_p: float = 0.0,
                               training: bool = False, seed: int | None = None) -> torch.Tensor:
+    """LayerNorm over the last dimension of dropout(x) + residual (dropout only when training).
+
+    x, residual: [..., n], one float dtype; weight, bias: [n] or None. seed: the dropout seed (None:
+    drawn from torch's CPU generator, so torch.manual_seed makes runs repeatable)."""
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension")
     hidden = x.shape[-1]
     if residual is not None:
         check_tensor("residual", residual, dtypes=FLOAT_DTYPES)
-        if residual.shape != x.shape:
-            raise ValueError(f"residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}")
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"residual is {residual.dtype} {tuple(residual.shape)} but x is {x.dtype} {tuple(x.shape)}: "
+                             "they must match")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             check_tensor(name, t, dtypes=FLOAT_DTYPES, dim=1)
@@ -33,11 +94,21 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
     check_probability("dropout_p", dropout_p)
     check_same_device(x=x, residual=residual, weight=weight, bias=bias)
     p = float(dropout_p) if training else 0.0
-    if _backend.use_triton(x):
-        from bertfast.ops._triton_ops import residual_layer_norm
-
-        return residual_layer_norm(x, residual, weight, bias, float(eps), p, seed)
-    if p > 0:
-        x = F.dropout(x, p, training=True)
-    h = x if residual is None else x + residual
-    return F.layer_norm(h, (hidden,), weight, bias, eps)
+    if not _backend.use_triton(x):
+        if p > 0:
+            x = F.dropout(x, p, training=True)
+        h = x if residual is None else x + residual
+        if any(t is not None and t.dtype != h.dtype for t in (weight, bias)):
+            # Mixed precision (e.g. fp32 weights, bf16 activations): normalise in fp32, as autocast does.
+            return F.layer_norm(h.float(), (hidden,), weight.float() if weight is not None else None,
+                                bias.float() if bias is not None else None, eps).to(x.dtype)
+        return F.layer_norm(h, (hidden,), weight, bias, eps)
+    if x.numel() >= 2**31:
+        raise ValueError(f"x has {x.numel()} elements; the fused LayerNorm's dropout counter supports under 2**31")
+    if p > 0 and seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    flat = x.reshape(-1, hidden).contiguous()
+    res = residual.reshape(-1, hidden).contiguous() if residual is not None else None
+    y, _, _ = _layer_norm_op(flat, res, weight.contiguous() if weight is not None else None,
+                             bias.contiguous() if bias is not None else None, float(eps), p, int(seed or 0))
+    return y.view(x.shape)

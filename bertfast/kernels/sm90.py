@@ -1,0 +1,105 @@
+"""Compile every kernel for sm_90 without a GPU and read ptxas' resource report (registers, spills).
+
+`python -m bertfast.kernels.sm90` prints the table; tests/test_sm90_compile.py asserts no spills.
+The configurations are the ones the launchers pick (bertfast.kernels.launch) at BERT's sizes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from bertfast.kernels import launch
+
+TARGET = GPUTarget("cuda", 90, 32)
+_TRITON_TYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+
+
+@dataclass
+class Report:
+    name: str
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    shared_bytes: int
+
+    def row(self) -> str:
+        return (f"{self.name:<58} regs {self.registers:>3}  spill stores {self.spill_stores:>4}B  "
+                f"spill loads {self.spill_loads:>4}B  shared {self.shared_bytes:>6}B")
+
+
+def _ptxas() -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def compile_report(name: str, fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int = 3) -> Report:
+    sig = dict(signature)
+    for key in constexprs:
+        sig[key] = "constexpr"
+    compiled = triton.compile(ASTSource(fn, sig, constexprs), target=TARGET,
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        out = subprocess.run([_ptxas(), "-v", "--gpu-name", "sm_90a" if "sm_90a" in compiled.asm["ptx"] else "sm_90",
+                              ptx, "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True, check=True)
+    text = out.stdout + out.stderr
+    regs = int(re.search(r"Used (\d+) registers", text).group(1))
+    stores, loads = (int(x) for x in re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text).groups())
+    return Report(name, regs, stores, loads, compiled.metadata.shared)
+
+
+def _ptr(dtype: str) -> str:
+    return _TRITON_TYPES[dtype]
+
+
+def cases():
+    """(name, fn, signature, constexprs, num_warps) for each kernel at the launch configurations used."""
+    from bertfast.kernels import bias_gelu, layer_norm
+
+    out = []
+    for dtype in ("fp32", "bf16"):
+        for n in (3072, 4096, 1000):
+            bm, bn, w = launch.elementwise_config(n)
+            out.append((f"bias_gelu_fwd {dtype} n={n}", bias_gelu.bias_gelu_fwd_kernel,
+                        {"X": _ptr(dtype), "B": _ptr(dtype), "Y": _ptr(dtype), "M": "i32", "N": "i32"},
+                        {"BLOCK_M": bm, "BLOCK_N": bn, "APPROX_TANH": False}, w))
+            bm, bn, w = launch.column_reduction_config(n)
+            out.append((f"bias_gelu_bwd {dtype} n={n} tanh", bias_gelu.bias_gelu_bwd_kernel,
+                        {"DY": _ptr(dtype), "X": _ptr(dtype), "B": _ptr(dtype), "DX": _ptr(dtype),
+                         "DB_PARTIAL": "*fp32", "M": "i32", "N": "i32"},
+                        {"BLOCK_M": bm, "BLOCK_N": bn, "APPROX_TANH": True}, w))
+        for n in (384, 768, 1024, 4096, 8192):
+            bn, w = launch.row_config(n)
+            act = _ptr(dtype)
+            out.append((f"residual_layer_norm_fwd {dtype} n={n} dropout", layer_norm.residual_layer_norm_fwd_kernel,
+                        {"X": act, "R": act, "W": "*fp32", "B": "*fp32", "Y": act, "MEAN": "*fp32", "RSTD": "*fp32",
+                         "N": "i32", "eps": "fp32", "p": "fp32", "seed": "i32"},
+                        {"BLOCK_N": bn, "HAS_RESIDUAL": True, "HAS_DROPOUT": True, "HAS_WEIGHT": True, "HAS_BIAS": True}, w))
+            out.append((f"residual_layer_norm_bwd {dtype} n={n} dropout", layer_norm.residual_layer_norm_bwd_kernel,
+                        {"DY": act, "X": act, "R": act, "W": "*fp32", "MEAN": "*fp32", "RSTD": "*fp32", "DH": act,
+                         "DX": act, "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "M": "i32", "N": "i32", "p": "fp32",
+                         "seed": "i32"},
+                        {"BLOCK_N": bn, "HAS_RESIDUAL": True, "HAS_DROPOUT": True, "HAS_WEIGHT": True,
+                         "PARTIALS_IN_MEMORY": launch.partials_in_memory(bn)}, w))
+    return out
+
+
+def all_reports() -> list[Report]:
+    return [compile_report(*case) for case in cases()]
+
+
+if __name__ == "__main__":
+    reports = all_reports()
+    for r in reports:
+        print(r.row())
+    spilled = [r.name for r in reports if r.spill_stores or r.spill_loads]
+    print(f"{len(reports)} kernels compiled for sm_90; spills in: {spilled or 'none'}")
+    raise SystemExit(1 if spilled else 0)

@@ -1,0 +1,138 @@
+"""fused_residual_layer_norm (Triton, under TRITON_INTERPRET=1 on CPU) against the torch reference.
+
+Tolerances: fp32 within 1e-5 (statistics and all math in fp32 in both; dweight/dbias are fp32 sums over
+rows, whose rounding grows like sqrt(rows)·ε). fp16/bf16 activations with fp32 weights: one rounding of
+the output dtype against an fp32 reference on the same inputs: rtol 2⁻¹⁰ (fp16) / 2⁻⁷ (bf16).
+"""
+import pytest
+import torch
+
+from bertfast import ops
+from bertfast.kernels.layer_norm import dropout_keep_mask
+from bertfast.reference import residual_layer_norm_ref
+
+LOW_TOL = {torch.float16: dict(rtol=2**-10, atol=2e-3), torch.bfloat16: dict(rtol=2**-7, atol=2e-2)}
+
+
+@pytest.fixture(autouse=True)
+def triton_backend(backend):
+    backend("triton")
+
+
+def inputs(rows, n, dtype, device="cpu", residual=True, affine=True, seed=0):
+    g = torch.Generator().manual_seed(seed + rows * 31 + n)
+    x = (torch.randn(rows, n, generator=g) * 3 + 1).to(device=device, dtype=dtype).requires_grad_()
+    r = torch.randn(rows, n, generator=g).to(device=device, dtype=dtype).requires_grad_() if residual else None
+    w = (torch.randn(n, generator=g) * 0.5 + 1).to(device).requires_grad_() if affine else None
+    b = torch.randn(n, generator=g).to(device).requires_grad_() if affine else None
+    return x, r, w, b
+
+
+def check(rows, n, dtype=torch.float32, device="cpu", residual=True, affine=True, p=0.0, seed=1234):
+    x, r, w, b = inputs(rows, n, dtype, device, residual, affine)
+    leaves = [t for t in (x, r, w, b) if t is not None]
+    y = ops.fused_residual_layer_norm(x, r, w, b, 1e-12, dropout_p=p, training=p > 0, seed=seed)
+    dy = torch.randn(rows, n, generator=torch.Generator().manual_seed(5)).to(device=device, dtype=dtype)
+    grads = torch.autograd.grad(y, leaves, dy)
+    mask = dropout_keep_mask(rows, n, p, seed, device) if p > 0 else None
+    ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
+    it = iter(ref_leaves)
+    xr, rr, wr, br = next(it), next(it) if residual else None, next(it) if affine else None, next(it) if affine else None
+    yr = residual_layer_norm_ref(xr, rr, wr, br, 1e-12, dropout_mask=mask, dropout_p=p)
+    ref_grads = torch.autograd.grad(yr, ref_leaves, dy.float())
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else LOW_TOL[dtype]
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), yr, **tol)
+    names = ["x", "residual", "weight", "bias"] if residual else ["x", "weight", "bias"]
+    names = [n_ for n_ in names if affine or n_ in ("x", "residual")]
+    for name, got, want in zip(names, grads, ref_grads):
+        t = dict(tol)
+        if name in ("weight", "bias"):
+            t["atol"] = tol["atol"] * max(1.0, rows ** 0.5)  # sums over rows
+        torch.testing.assert_close(got.float(), want, **t, msg=lambda m: f"d{name}: {m}")
+    return y
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1023])
+@pytest.mark.parametrize("n", [384, 768, 1000, 1024])
+def test_fp32_residual(rows, n):
+    check(rows, n)
+
+
+@pytest.mark.parametrize("n", [384, 1000, 8192])
+def test_fp32_plain_layer_norm(n):
+    check(7, n, residual=False)
+
+
+def test_fp32_no_affine():
+    check(7, 1000, affine=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_with_fp32_weights(dtype):
+    check(7, 1000, dtype)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_dropout_matches_reference_with_the_kernels_mask(residual):
+    check(7, 1000, residual=residual, p=0.3)
+
+
+def test_dropout_properties():
+    x = torch.randn(64, 1024)
+    a = ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=0.25, training=True, seed=7)
+    b = ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=0.25, training=True, seed=7)
+    c = ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=0.25, training=True, seed=8)
+    assert torch.equal(a, b), "the same seed must give the same output"
+    assert not torch.equal(a, c)
+    # p = 0 (or eval mode) is exactly no dropout
+    plain = ops.fused_residual_layer_norm(x, None, None, None, 1e-5)
+    assert torch.equal(ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=0.0, training=True, seed=7), plain)
+    assert torch.equal(ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=0.5, training=False, seed=7), plain)
+    # kept fraction within 1% of 1 - p on 1M elements (std of the fraction ~ 4e-4)
+    for p in (0.1, 0.5):
+        keep = dropout_keep_mask(1024, 1024, p, 3, "cpu")
+        assert abs(keep.float().mean().item() - (1 - p)) < 0.01
+
+
+def test_dropout_scales_kept_values():
+    # With LayerNorm undone by hand: h = y·std + mean; kept entries must be x / (1 - p), the rest 0.
+    x = torch.rand(4, 256) + 1.0
+    p, seed = 0.2, 11
+    y = ops.fused_residual_layer_norm(x, None, None, None, 1e-12, dropout_p=p, training=True, seed=seed)
+    keep = dropout_keep_mask(4, 256, p, seed, "cpu")
+    h = torch.where(keep, x / (1 - p), torch.zeros_like(x))
+    mean, std = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True).add(1e-12).sqrt()
+    torch.testing.assert_close(y * std + mean, h, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_arguments():
+    x = torch.randn(3, 8)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ops.fused_residual_layer_norm(x, None, None, None, 0.0)
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
+        ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=1.0, training=True)
+    with pytest.raises(ValueError, match="residual is"):
+        ops.fused_residual_layer_norm(x, torch.randn(3, 9), None, None, 1e-5)
+    with pytest.raises(ValueError, match="weight has shape"):
+        ops.fused_residual_layer_norm(x, None, torch.ones(9), None, 1e-5)
+
+
+def test_opcheck():
+    x, r, w, b = inputs(5, 40, torch.float32)
+    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, r, w, b, 1e-5, 0.0, 0))
+    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, None, w, b, 1e-5, 0.2, 3))
+
+
+def test_nn_module_state_dict_is_layer_norms():
+    from bertfast.nn import FusedLayerNorm
+
+    assert FusedLayerNorm(16).state_dict().keys() == torch.nn.LayerNorm(16).state_dict().keys()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n", [384, 768, 1000, 1024, 4096])
+def test_cuda(dtype, n):
+    check(1023, n, dtype, device="cuda")
+    check(1023, n, dtype, device="cuda", p=0.1)
