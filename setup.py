@@ -54,7 +54,9 @@ def find_cuda_root():
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext: CMakeExtension) -> None:
+        import torch
         import torch.utils
+        from torch.utils import cpp_extension
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_type = os.environ.get("BERTFAST_BUILD_TYPE", "Release")
@@ -63,6 +65,9 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={build_type}",
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DPython3_EXECUTABLE={sys.executable}",
+            f"-DBERTFAST_TORCH_INCLUDE={';'.join(cpp_extension.include_paths())}",
+            f"-DBERTFAST_TORCH_LIBDIR={cpp_extension.library_paths()[0]}",
+            f"-DBERTFAST_TORCH_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
             "-G", "Ninja",
         ]
         want_cuda = os.environ.get("BERTFAST_CUDA")

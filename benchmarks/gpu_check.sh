@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The one command for the GPU machine:  bash benchmarks/gpu_check.sh OUTDIR [--dry-run]
+# Builds bertfast._C for sm_90 there against that machine's torch, runs the GPU-marked tests, the sm_90
+# compile report and the benchmark suite in reduced mode, and writes OUTDIR/results.json,
+# OUTDIR/summary.md and logs. --dry-run (CPU, CI) runs the same plumbing with tiny sizes and no build.
+set -uo pipefail
+OUT=${1:?usage: gpu_check.sh OUTDIR [--dry-run]}
+DRY=0
+[ "${2:-}" = "--dry-run" ] && DRY=1
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && [ "$DRY" = 1 ] && PY=.venv/bin/python
+status=0
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+
+step "environment"
+{ nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"; "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"; } | tee "$OUT/env.txt"
+
+if [ "$DRY" = 0 ]; then
+  step "build bertfast._C for sm_90"
+  if ! BERTFAST_CUDA=1 BERTFAST_CUDA_ARCH=90 timeout 300 "$PY" -m pip install -v --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+    tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+  fi
+  grep -E "bertfast: |Linking" "$OUT/build.log"
+fi
+"$PY" -c "import bertfast; bertfast.info()" | tee -a "$OUT/env.txt"
+
+step "GPU-marked tests"
+if [ "$DRY" = 0 ]; then
+  timeout 240 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider -x --timeout=120 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt" || status=1
+  grep -qE "passed" "$OUT/gpu_tests.txt" && ! grep -qE "failed|error" "$OUT/gpu_tests.txt" || status=1
+else
+  "$PY" -m pytest tests -m gpu --collect-only -q -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
+fi
+
+step "sm_90 compile report (registers, spills)"
+TRITON_INTERPRET=0 timeout 120 "$PY" -m bertfast.kernels.sm90 2>&1 | tee "$OUT/sm90.txt" | tail -3 || status=1
+
+step "benchmarks"
+MODE=reduced; [ "$DRY" = 1 ] && MODE=dry
+BERTFAST_BENCH_MODE=$MODE BERTFAST_BENCH_JSON="$OUT/results.json" BERTFAST_BENCH_SUMMARY="$OUT/summary.md" \
+  timeout 420 "$PY" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider --benchmark-columns=median \
+  > "$OUT/bench.log" 2>&1 || { status=1; tail -30 "$OUT/bench.log"; }
+grep -E "passed|failed" "$OUT/bench.log" | tail -1
+
+step "summary"
+if [ -f "$OUT/summary.md" ]; then cat "$OUT/summary.md"; else echo "no summary.md written"; status=1; fi
+exit $status

@@ -1,0 +1,182 @@
+"""Shared benchmark machinery: the device ceilings, one timing method, and the results table.
+
+Every result records the time per call, the achieved GB/s or TFLOP/s and its fraction of the ceilings
+measured in the same run (a large device copy; a large bf16 matmul on GPU, fp32 on CPU), the peak
+memory, and the speedup over the eager baseline of the same case.
+
+Timing: each pytest-benchmark round runs the function `k` times and then synchronises the device once,
+so launch queues stay full and the sync cost is spread; warm-up rounds keep compilation and autotuning
+out. time per call = the median round / k.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+MODE = os.environ.get("BERTFAST_BENCH_MODE", "full")  # full | reduced (the GPU check) | dry (plumbing only)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _median_seconds(fn, dev, k: int, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        sync(dev)
+        start = time.perf_counter()
+        for _ in range(k):
+            fn()
+        sync(dev)
+        times.append((time.perf_counter() - start) / k)
+    times.sort()
+    return times[len(times) // 2]
+
+
+@dataclass
+class Ceilings:
+    device_name: str
+    copy_gbps: float
+    matmul_tflops: float
+    matmul_dtype: str
+
+    @classmethod
+    def measure(cls, dev: torch.device) -> "Ceilings":
+        if dev.type == "cuda":
+            n_bytes, mm, dtype = 2 << 30, 8192, torch.bfloat16
+            name = torch.cuda.get_device_name(dev)
+        else:
+            n_bytes, mm, dtype = 256 << 20, 1024, torch.float32
+            name = platform.processor() or platform.machine()
+        if MODE == "dry":
+            n_bytes, mm = 16 << 20, 256
+        src = torch.randn(n_bytes // 4, device=dev)
+        dst = torch.empty_like(src)
+        t_copy = _median_seconds(lambda: dst.copy_(src), dev, k=5, rounds=5)
+        a = torch.randn(mm, mm, device=dev, dtype=dtype)
+        b = torch.randn(mm, mm, device=dev, dtype=dtype)
+        t_mm = _median_seconds(lambda: a @ b, dev, k=5, rounds=5)
+        del src, dst, a, b
+        return cls(name, 2 * n_bytes / t_copy / 1e9, 2 * mm**3 / t_mm / 1e12, str(dtype).replace("torch.", ""))
+
+
+@dataclass
+class Result:
+    group: str          # e.g. "fused_residual_layer_norm fwd" or "BertModel train step"
+    case: str           # shape / configuration
+    variant: str        # bertfast | eager | torch.compile | transformers eager | ...
+    time_ms: float
+    gbps: float | None = None
+    tflops: float | None = None
+    bandwidth_fraction: float | None = None
+    flops_fraction: float | None = None
+    peak_mem_mb: float | None = None
+    speedup_vs_eager: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Recorder:
+    def __init__(self, dev: torch.device, ceilings: Ceilings) -> None:
+        self.dev = dev
+        self.ceilings = ceilings
+        self.results: list[Result] = []
+
+    def measure(self, benchmark, group: str, case: str, variant: str, fn, *, bytes_moved: float | None = None,
+                flops: float | None = None, baseline: str | None = "eager", extra: dict | None = None) -> Result:
+        dev = self.dev
+        fn()  # warm-up outside the timed rounds (compilation, autotuning, allocator)
+        sync(dev)
+        once = _median_seconds(fn, dev, k=1, rounds=3)
+        k = max(1, min(200, int(2e-3 / max(once, 1e-6))))  # ~2 ms per round
+        rounds = {"full": 15, "reduced": 7, "dry": 2}[MODE]
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            base_mem = torch.cuda.memory_allocated(dev)
+
+        def timed():
+            for _ in range(k):
+                fn()
+            sync(dev)
+
+        benchmark.group = group
+        benchmark.extra_info.update(case=case, variant=variant)
+        benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
+        seconds = benchmark.stats.stats.median / k
+        peak = None
+        if dev.type == "cuda":
+            peak = (torch.cuda.max_memory_allocated(dev) - base_mem) / 2**20
+        res = Result(group, case, variant, seconds * 1e3, peak_mem_mb=peak, extra=extra or {})
+        if bytes_moved:
+            res.gbps = bytes_moved / seconds / 1e9
+            res.bandwidth_fraction = res.gbps / self.ceilings.copy_gbps
+        if flops:
+            res.tflops = flops / seconds / 1e12
+            res.flops_fraction = res.tflops / self.ceilings.matmul_tflops
+        if baseline is not None and variant != baseline:
+            base = self.find(group, case, baseline)
+            if base is not None:
+                res.speedup_vs_eager = base.time_ms / res.time_ms
+        self.results.append(res)
+        benchmark.extra_info.update({k_: v for k_, v in asdict(res).items() if v is not None and k_ != "extra"})
+        return res
+
+    def find(self, group: str, case: str, variant: str) -> Result | None:
+        for r in self.results:
+            if (r.group, r.case, r.variant) == (group, case, variant):
+                return r
+        return None
+
+    # Reports ---------------------------------------------------------------------------------------
+    def table(self) -> str:
+        c = self.ceilings
+        lines = [f"device: {c.device_name}; ceilings measured in this run: copy {c.copy_gbps:.0f} GB/s, "
+                 f"{c.matmul_dtype} matmul {c.matmul_tflops:.1f} TFLOP/s; mode {MODE}", "",
+                 "| group | case | variant | ms | GB/s (% copy) | TFLOP/s (% matmul) | peak MB | vs eager |",
+                 "|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in self.results:
+            bw = f"{r.gbps:.0f} ({100 * r.bandwidth_fraction:.0f}%)" if r.gbps else ""
+            fl = f"{r.tflops:.1f} ({100 * r.flops_fraction:.0f}%)" if r.tflops else ""
+            mem = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else ""
+            sp = f"{r.speedup_vs_eager:.2f}x" if r.speedup_vs_eager else ""
+            extra = "".join(f" {k}={v}" for k, v in r.extra.items())
+            lines.append(f"| {r.group} | {r.case} | {r.variant}{extra} | {r.time_ms:.4f} | {bw} | {fl} | {mem} | {sp} |")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        try:
+            commit = os.environ.get("BERTFAST_COMMIT") or subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
+        import importlib.metadata as md
+
+        def version(name):
+            try:
+                return md.version(name)
+            except md.PackageNotFoundError:
+                return None
+
+        return {
+            "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "mode": MODE,
+            "device": asdict(self.ceilings),
+            "versions": {"torch": torch.__version__, "triton": version("triton"),
+                         "transformers": version("transformers"), "python": platform.python_version()},
+            "results": [asdict(r) for r in self.results],
+        }
+
+
+def sizes(full: list, reduced: list, dry: list) -> list:
+    return {"full": full, "reduced": reduced, "dry": dry}[MODE]
