@@ -3,6 +3,7 @@
 # Builds bertfast._C for sm_90 there against that machine's torch, runs the GPU-marked tests, the sm_90
 # compile report and the benchmark suite in reduced mode, and writes OUTDIR/results.json,
 # OUTDIR/summary.md and logs. --dry-run (CPU, CI) runs the same plumbing with tiny sizes and no build.
+# BERTFAST_BENCH_K, if set, is passed to the benchmark run as pytest -k (to shorten a check).
 set -uo pipefail
 OUT=${1:?usage: gpu_check.sh OUTDIR [--dry-run]}
 DRY=0
@@ -43,6 +44,7 @@ step "benchmarks"
 MODE=reduced; [ "$DRY" = 1 ] && MODE=dry
 BERTFAST_BENCH_MODE=$MODE BERTFAST_BENCH_JSON="$OUT/results.json" BERTFAST_BENCH_SUMMARY="$OUT/summary.md" \
   timeout 420 "$PY" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider --benchmark-columns=median \
+  ${BERTFAST_BENCH_K:+-k "$BERTFAST_BENCH_K"} \
   > "$OUT/bench.log" 2>&1 || { status=1; tail -30 "$OUT/bench.log"; }
 grep -E "passed|failed" "$OUT/bench.log" | tail -1
 
