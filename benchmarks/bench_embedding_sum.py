@@ -22,9 +22,20 @@ def make(tokens, hidden, dev, dtype, requires_grad):
     return ids, tt, pos, tables
 
 
+def kernel_only(ids, tt, pos, w, t, p):
+    """The extension's kernels alone, without the public op's host-side id check (which syncs, so the
+    public op cannot be timed in a CUDA graph)."""
+    from bertfast._backend import cuda_stream
+
+    flat = [x.reshape(-1) for x in (ids, tt, pos.contiguous())]
+    return torch.ops.bertfast_C.embedding_sum_forward(*flat, w, t, p, cuda_stream(w))
+
+
 def variants():
     eager = lambda ids, tt, pos, w, t, p: embedding_sum_ref(ids, tt, pos, w, t, p, 0)  # noqa: E731
     out = {"eager": eager, "bertfast": lambda ids, tt, pos, w, t, p: ops.embedding_sum(ids, tt, pos, w, t, p, padding_idx=0)}
+    if torch.cuda.is_available():
+        out["bertfast kernel"] = kernel_only
     if MODE != "dry" and torch.cuda.is_available():
         out["torch.compile"] = torch.compile(eager)
     return out
@@ -33,11 +44,14 @@ def variants():
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("variant", ["eager", "torch.compile", "bertfast"])
+@pytest.mark.parametrize("variant", ["eager", "torch.compile", "bertfast", "bertfast kernel"])
 def test_embedding_sum(benchmark, recorder, dev, tokens, hidden, pass_, variant):
     fns = variants()
     if variant not in fns:
-        pytest.skip("torch.compile baselines run on the GPU (CPU compile time would dominate the CPU suite)")
+        pytest.skip("GPU only: torch.compile baselines (CPU compile time would dominate the CPU suite) and the "
+                    "kernel-only timing")
+    if variant == "bertfast kernel" and pass_ != "fwd":
+        pytest.skip("kernel-only timing is forward only")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     ids, tt, pos, tables = make(tokens, hidden, dev, dtype, pass_ != "fwd")
     fn = fns[variant]

@@ -112,7 +112,7 @@ def test_bad_arguments():
         ops.fused_residual_layer_norm(x, None, None, None, 0.0)
     with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
         ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=1.0, training=True)
-    with pytest.raises(ValueError, match="residual is"):
+    with pytest.raises(ValueError, match="residual has shape"):
         ops.fused_residual_layer_norm(x, torch.randn(3, 9), None, None, 1e-5)
     with pytest.raises(ValueError, match="weight has shape"):
         ops.fused_residual_layer_norm(x, None, torch.ones(9), None, 1e-5)
@@ -136,3 +136,24 @@ def test_nn_module_state_dict_is_layer_norms():
 def test_cuda(dtype, n):
     check(1023, n, dtype, device="cuda")
     check(1023, n, dtype, device="cuda", p=0.1)
+
+
+def test_mixed_activation_dtypes_like_autocast():
+    """A bf16 x with an fp32 residual (as under autocast): output fp32 like x + residual; each gradient
+    in its input's dtype. Tolerance: x is bf16, so its gradient carries one bf16 rounding (2⁻⁷)."""
+    x = torch.randn(7, 384, dtype=torch.bfloat16, requires_grad=True)
+    r = torch.randn(7, 384, requires_grad=True)
+    w, b = torch.randn(384, requires_grad=True), torch.randn(384, requires_grad=True)
+    y = ops.fused_residual_layer_norm(x, r, w, b, 1e-12)
+    assert y.dtype == torch.float32
+    dy = torch.randn(7, 384)
+    grads = torch.autograd.grad(y, (x, r, w, b), dy)
+    assert [g.dtype for g in grads] == [torch.bfloat16, torch.float32, torch.float32, torch.float32]
+    xr = x.detach().float().requires_grad_()
+    rr = r.detach().requires_grad_()
+    yr = residual_layer_norm_ref(xr, rr, w, b, 1e-12)
+    ref = torch.autograd.grad(yr, (xr, rr, w, b), dy)
+    torch.testing.assert_close(y, yr, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0].float(), ref[0], rtol=2**-7, atol=1e-2)
+    for got, want in zip(grads[1:], ref[1:]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -47,9 +47,10 @@ def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, N, eps, p, seed, B
 @triton.jit
 def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, DB_PARTIAL, M, N, p, seed,
                                    BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                                   HAS_WEIGHT: tl.constexpr, PARTIALS_IN_MEMORY: tl.constexpr):
-    """DH = d loss / d(dropout(x) + residual) (= the residual's gradient); DX = DH through the dropout
-    (written only with dropout: without it dx is DH). Each program sums dy·x̂ and dy over its rows, in
+                                   HAS_WEIGHT: tl.constexpr, WRITE_DX: tl.constexpr, PARTIALS_IN_MEMORY: tl.constexpr):
+    """DH = d loss / d(dropout(x) + residual) (= the residual's gradient, in the residual's dtype);
+    DX = DH through the dropout, in x's dtype (written when WRITE_DX: with dropout, or when x's dtype
+    differs from the residual's; otherwise dx is DH itself). Each program sums dy·x̂ and dy over its rows, in
     registers, or for the widest rows (PARTIALS_IN_MEMORY) in its own zeroed partial row in memory, so
     that the row's other values stay in registers without spilling."""
     pid = tl.program_id(0)
@@ -75,8 +76,12 @@ def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, 
         c2 = tl.sum(wdy, axis=0) / N
         dh = (wdy - (xhat * c1 + c2)) * rstd
         tl.store(DH + offs, dh.to(DH.dtype.element_ty), mask=mask)
-        if HAS_DROPOUT:
-            tl.store(DX + offs, tl.where(keep, dh / (1.0 - p), 0.0).to(DX.dtype.element_ty), mask=mask)
+        if WRITE_DX:
+            if HAS_DROPOUT:
+                dx = tl.where(keep, dh / (1.0 - p), 0.0)
+            else:
+                dx = dh
+            tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
         if PARTIALS_IN_MEMORY:
             tl.store(DW_PARTIAL + pid * N + cols, tl.load(DW_PARTIAL + pid * N + cols, mask=mask) + dy * xhat, mask=mask)
             tl.store(DB_PARTIAL + pid * N + cols, tl.load(DB_PARTIAL + pid * N + cols, mask=mask) + dy, mask=mask)
@@ -89,10 +94,11 @@ def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, 
 
 
 def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float, seed: int):
+    """y has the promoted dtype of x and residual (as x + residual would)."""
     import torch
 
     m, n = x.shape
-    y = torch.empty_like(x)
+    y = torch.empty_like(x, dtype=x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype))
     mean = torch.empty(m, dtype=torch.float32, device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     block_n, warps = row_config(n)
@@ -105,13 +111,18 @@ def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float,
     return y, mean, rstd
 
 
+def needs_separate_dx(x, residual, p: float) -> bool:
+    return p > 0 or (residual is not None and residual.dtype != x.dtype)
+
+
 def residual_layer_norm_backward(dy, x, residual, weight, mean, rstd, p: float, seed: int):
-    """Returns (dh, dx, dweight_fp32, dbias_fp32); dx is dh itself when there is no dropout."""
+    """Returns (dh, dx, dweight_fp32, dbias_fp32); dx is dh itself when no separate dx is needed."""
     import torch
 
     m, n = x.shape
     dh = torch.empty_like(residual if residual is not None else x)
-    dx = torch.empty_like(x) if p > 0 else dh
+    write_dx = needs_separate_dx(x, residual, p)
+    dx = torch.empty_like(x) if write_dx else dh
     programs = persistent_programs(m, x.device)
     dw_partial = torch.zeros((programs, n), dtype=torch.float32, device=x.device)
     db_partial = torch.zeros((programs, n), dtype=torch.float32, device=x.device)
@@ -120,7 +131,8 @@ def residual_layer_norm_backward(dy, x, residual, weight, mean, rstd, p: float, 
         residual_layer_norm_bwd_kernel[(programs,)](
             dy, x, residual if residual is not None else x, weight if weight is not None else x, mean, rstd, dh, dx,
             dw_partial, db_partial, m, n, p, seed, BLOCK_N=block_n, HAS_RESIDUAL=residual is not None,
-            HAS_DROPOUT=p > 0, HAS_WEIGHT=weight is not None, PARTIALS_IN_MEMORY=partials_in_memory(block_n), num_warps=warps)
+            HAS_DROPOUT=p > 0, HAS_WEIGHT=weight is not None, WRITE_DX=write_dx,
+            PARTIALS_IN_MEMORY=partials_in_memory(block_n), num_warps=warps)
     return dh, dx, dw_partial.sum(0), db_partial.sum(0)
 
 

@@ -1,7 +1,8 @@
 """fused_residual_layer_norm: LayerNorm(dropout(x) + residual) in one pass each way.
 
 residual=None makes it a plain LayerNorm (the embeddings use it so). Statistics are kept in fp32; the
-output has x's dtype (fp32 weights with bf16/fp16 activations are fine). Dropout is drawn in the
+output has the dtype of x + residual (a bf16 x with an fp32 residual, as under autocast, gives fp32;
+fp32 weights with bf16/fp16 activations are fine). Dropout is drawn in the
 kernel from `seed` with a counter-based generator and regenerated in the backward (no stored mask).
 Registered as the custom op bertfast::residual_layer_norm, autograd through ..._backward.
 """
@@ -26,7 +27,8 @@ def _layer_norm_op(x: torch.Tensor, residual: torch.Tensor | None, weight: torch
 @_layer_norm_op.register_fake
 def _(x, residual, weight, bias, eps, p, seed):
     stats = x.new_empty(x.shape[0], dtype=torch.float32)
-    return torch.empty_like(x), stats, torch.empty_like(stats)
+    dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    return torch.empty_like(x, dtype=dtype), stats, torch.empty_like(stats)
 
 
 @torch.library.custom_op("bertfast::residual_layer_norm_backward", mutates_args=())
@@ -36,15 +38,18 @@ def _layer_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, residual: torch.T
     from bertfast.kernels.layer_norm import residual_layer_norm_backward
 
     dh, dx, dw, db = residual_layer_norm_backward(dy.contiguous(), x, residual, weight, mean, rstd, p, seed)
-    # Custom-op outputs may not alias each other: without dropout dx equals dh, returned once as dh.
+    # Custom-op outputs may not alias each other: when dx equals dh it is returned once, as dh.
     return dh, (dx if dx is not dh else dh.new_empty(0)), dw, db
 
 
 @_layer_norm_backward_op.register_fake
 def _(dy, x, residual, weight, mean, rstd, p, seed):
+    from bertfast.kernels.layer_norm import needs_separate_dx
+
     n = x.shape[1]
-    dx = torch.empty_like(x) if p > 0 else x.new_empty(0)
-    return torch.empty_like(x), dx, x.new_empty(n, dtype=torch.float32), x.new_empty(n, dtype=torch.float32)
+    dx = torch.empty_like(x) if needs_separate_dx(x, residual, p) else x.new_empty(0)
+    dh = torch.empty_like(residual if residual is not None else x)
+    return dh, dx, x.new_empty(n, dtype=torch.float32), x.new_empty(n, dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
@@ -58,7 +63,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, _dmean, _drstd):
     x, residual, weight, mean, rstd = ctx.saved_tensors
     dh, dx, dw, db = _layer_norm_backward_op(dy, x, residual, weight, mean, rstd, ctx.p, ctx.seed)
-    if ctx.p == 0:
+    if dx.numel() == 0 and dh.numel() != 0:
         dx = dh
     w_dtype, b_dtype = ctx.param_dtypes
     return (dx, dh if residual is not None else None, dw.to(w_dtype) if w_dtype else None,
@@ -73,7 +78,7 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
                               training: bool = False, seed: int | None = None) -> torch.Tensor:
     """LayerNorm over the last dimension of dropout(x) + residual (dropout only when training).
 
-    x, residual: [..., n], one float dtype; weight, bias: [n] or None. seed: the dropout seed (None:
+    x, residual: [..., n] float; weight, bias: [n] or None. seed: the dropout seed (None:
     drawn from torch's CPU generator, so torch.manual_seed makes runs repeatable)."""
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     if x.dim() == 0:
@@ -81,9 +86,8 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
     hidden = x.shape[-1]
     if residual is not None:
         check_tensor("residual", residual, dtypes=FLOAT_DTYPES)
-        if residual.shape != x.shape or residual.dtype != x.dtype:
-            raise ValueError(f"residual is {residual.dtype} {tuple(residual.shape)} but x is {x.dtype} {tuple(x.shape)}: "
-                             "they must match")
+        if residual.shape != x.shape:
+            raise ValueError(f"residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}: they must match")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             check_tensor(name, t, dtypes=FLOAT_DTYPES, dim=1)
@@ -101,7 +105,7 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
         if any(t is not None and t.dtype != h.dtype for t in (weight, bias)):
             # Mixed precision (e.g. fp32 weights, bf16 activations): normalise in fp32, as autocast does.
             return F.layer_norm(h.float(), (hidden,), weight.float() if weight is not None else None,
-                                bias.float() if bias is not None else None, eps).to(x.dtype)
+                                bias.float() if bias is not None else None, eps).to(h.dtype)
         return F.layer_norm(h, (hidden,), weight, bias, eps)
     if x.numel() >= 2**31:
         raise ValueError(f"x has {x.numel()} elements; the fused LayerNorm's dropout counter supports under 2**31")
