@@ -134,3 +134,9 @@ def test_model(benchmark, recorder, dev, shape, padding, task, variant):
     res.extra["tokens_per_s"] = round(real_tokens / (res.time_ms / 1e3))
     if task == "train step":
         res.extra["MFU"] = round(res.flops_fraction, 3)
+    if variant == "bertfast":
+        for other in ("transformers sdpa", "torch.compile(transformers sdpa)"):
+            base = recorder.find(res.group, res.case, other)
+            if base is not None:
+                res.extra[f"vs {other}"] = f"{base.time_ms / res.time_ms:.2f}x"
+        recorder.save()

@@ -1,4 +1,3 @@
-import json
 import os
 
 import pytest
@@ -29,15 +28,9 @@ def pytest_terminal_summary(terminalreporter):
     table = _RECORDER.table()
     terminalreporter.write_sep("=", "bertfast comparison table")
     terminalreporter.write_line(table)
-    out = os.environ.get("BERTFAST_BENCH_JSON")
-    if out:
-        with open(out, "w") as f:
-            json.dump(_RECORDER.to_json(), f, indent=1)
-        md = os.environ.get("BERTFAST_BENCH_SUMMARY")
-        if md:
-            with open(md, "w") as f:
-                f.write(table + "\n")
-        terminalreporter.write_line(f"results written to {out}")
+    _RECORDER.save()
+    if os.environ.get("BERTFAST_BENCH_JSON"):
+        terminalreporter.write_line(f"results written to {os.environ['BERTFAST_BENCH_JSON']}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -160,7 +160,18 @@ class Recorder:
                 res.speedup_vs_eager = base.time_ms / res.time_ms
         self.results.append(res)
         benchmark.extra_info.update({k_: v for k_, v in asdict(res).items() if v is not None and k_ != "extra"})
+        self.save()  # after every result, so a run cut short still leaves what it measured
         return res
+
+    def save(self) -> None:
+        out = os.environ.get("BERTFAST_BENCH_JSON")
+        if out:
+            with open(out, "w") as f:
+                json.dump(self.to_json(), f, indent=1)
+        md = os.environ.get("BERTFAST_BENCH_SUMMARY")
+        if md:
+            with open(md, "w") as f:
+                f.write(self.table() + "\n")
 
     def find(self, group: str, case: str, variant: str) -> Result | None:
         for r in self.results:

@@ -28,7 +28,7 @@ def backends_for(device: str) -> dict[str, str]:
         triton_ops = "torch reference"
     embed = "torch reference" if mode == "torch" or not ext else ("bertfast._C (CUDA)" if is_cuda else "bertfast._C (C++)")
     return {"embedding_sum": embed, "fused_bias_gelu": triton_ops, "fused_residual_layer_norm": triton_ops,
-            "fused_attention": "torch reference (SDPA)"}
+            "fused_attention": triton_ops if triton_ops != "torch reference" else "torch reference (SDPA)"}
 
 
 def info(print_out: bool = True) -> dict:

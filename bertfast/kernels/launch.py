@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import triton
 
@@ -48,3 +49,30 @@ def persistent_programs(rows: int, device) -> int:
 
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(rows, 4 * sms))
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    fwd_m: int
+    fwd_n: int
+    fwd_warps: int
+    fwd_stages: int
+    bwd_m: int  # query rows per step in the dK/dV kernel (keys per step in the dQ kernel)
+    bwd_n: int  # keys per program in the dK/dV kernel (query rows per program in the dQ kernel)
+    bwd_warps: int
+    bwd_stages: int
+
+
+def attention_config(head_dim: int, dtype) -> AttentionConfig:
+    """Block sizes for the attention kernels (checked spill-free by python -m bertfast.kernels.sm90)."""
+    import torch
+
+    if head_dim not in (16, 32, 64, 128):
+        raise ValueError(f"head dimension {head_dim} is not supported by the fused attention (16, 32, 64 or 128)")
+    if interpreted():
+        return AttentionConfig(16, 16, 1, 1, 16, 16, 1, 1)
+    if dtype == torch.float32:  # exact fp32 products: smaller tiles
+        return AttentionConfig(32, 32, 4, 2, 16, 32, 4, 1)
+    if head_dim <= 64:
+        return AttentionConfig(128, 64, 4, 3, 32, 64, 4, 2)
+    return AttentionConfig(128, 64, 8, 2, 32, 64, 8, 1)

@@ -61,8 +61,8 @@ def _ptr(dtype: str) -> str:
 
 
 def cases():
-    """(name, fn, signature, constexprs, num_warps) for each kernel at the launch configurations used."""
-    from bertfast.kernels import bias_gelu, layer_norm
+    """(name, fn, signature, constexprs, num_warps, num_stages) for each kernel at the launch configurations used."""
+    from bertfast.kernels import attention, bias_gelu, layer_norm
 
     out = []
     for dtype in ("fp32", "bf16"):
@@ -70,25 +70,46 @@ def cases():
             bm, bn, w = launch.elementwise_config(n)
             out.append((f"bias_gelu_fwd {dtype} n={n}", bias_gelu.bias_gelu_fwd_kernel,
                         {"X": _ptr(dtype), "B": _ptr(dtype), "Y": _ptr(dtype), "M": "i32", "N": "i32"},
-                        {"BLOCK_M": bm, "BLOCK_N": bn, "APPROX_TANH": False}, w))
+                        {"BLOCK_M": bm, "BLOCK_N": bn, "APPROX_TANH": False}, w, 3))
             bm, bn, w = launch.column_reduction_config(n)
             out.append((f"bias_gelu_bwd {dtype} n={n} tanh", bias_gelu.bias_gelu_bwd_kernel,
                         {"DY": _ptr(dtype), "X": _ptr(dtype), "B": _ptr(dtype), "DX": _ptr(dtype),
                          "DB_PARTIAL": "*fp32", "M": "i32", "N": "i32"},
-                        {"BLOCK_M": bm, "BLOCK_N": bn, "APPROX_TANH": True}, w))
+                        {"BLOCK_M": bm, "BLOCK_N": bn, "APPROX_TANH": True}, w, 3))
         for n in (384, 768, 1024, 4096, 8192):
             bn, w = launch.row_config(n)
             act = _ptr(dtype)
             out.append((f"residual_layer_norm_fwd {dtype} n={n} dropout", layer_norm.residual_layer_norm_fwd_kernel,
                         {"X": act, "R": act, "W": "*fp32", "B": "*fp32", "Y": act, "MEAN": "*fp32", "RSTD": "*fp32",
                          "N": "i32", "eps": "fp32", "p": "fp32", "seed": "i32"},
-                        {"BLOCK_N": bn, "HAS_RESIDUAL": True, "HAS_DROPOUT": True, "HAS_WEIGHT": True, "HAS_BIAS": True}, w))
+                        {"BLOCK_N": bn, "HAS_RESIDUAL": True, "HAS_DROPOUT": True, "HAS_WEIGHT": True, "HAS_BIAS": True}, w, 3))
             out.append((f"residual_layer_norm_bwd {dtype} n={n} dropout", layer_norm.residual_layer_norm_bwd_kernel,
                         {"DY": act, "X": act, "R": act, "W": "*fp32", "MEAN": "*fp32", "RSTD": "*fp32", "DH": act,
                          "DX": act, "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "M": "i32", "N": "i32", "p": "fp32",
                          "seed": "i32"},
                         {"BLOCK_N": bn, "HAS_RESIDUAL": True, "HAS_DROPOUT": True, "HAS_WEIGHT": True,
-                         "PARTIALS_IN_MEMORY": launch.partials_in_memory(bn)}, w))
+                         "WRITE_DX": True, "PARTIALS_IN_MEMORY": launch.partials_in_memory(bn)}, w, 3))
+    for dtype, head_dim in (("bf16", 64), ("bf16", 128), ("fp16", 64), ("fp32", 64), ("fp32", 128)):
+        import torch
+
+        cfg = launch.attention_config(head_dim, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+        act = _ptr(dtype)
+        strides = {n: "i32" for n in ("stride_b", "stride_s", "stride_h", "o_stride_b", "o_stride_s", "o_stride_h",
+                                      "stride_mb", "H", "S")}
+        flags = {"HEAD_DIM": head_dim, "VARLEN": True, "HAS_MASK": False, "HAS_DROPOUT": True, "DOT_FP32": False,
+                 "IEEE": dtype == "fp32"}
+        base = {"MASK": "*i8", "CU": "*i32", "sm_scale": "fp32", "p": "fp32", "seed": "i32"}
+        out.append((f"attention_fwd {dtype} d={head_dim} varlen dropout", attention.attention_fwd_kernel,
+                    {"Q": act, "K": act, "V": act, "O": act, "LSE": "*fp32", **base, **strides},
+                    {"BLOCK_M": cfg.fwd_m, "BLOCK_N": cfg.fwd_n, **flags}, cfg.fwd_warps, cfg.fwd_stages))
+        out.append((f"attention_bwd_dkdv {dtype} d={head_dim} varlen dropout", attention.attention_bwd_dkdv_kernel,
+                    {"Q": act, "K": act, "V": act, "DO": act, "DK": act, "DV": act, "LSE": "*fp32", "DELTA": "*fp32",
+                     **base, **strides},
+                    {"BLOCK_M": cfg.bwd_m, "BLOCK_N": cfg.bwd_n, **flags}, cfg.bwd_warps, cfg.bwd_stages))
+        out.append((f"attention_bwd_dq {dtype} d={head_dim} varlen dropout", attention.attention_bwd_dq_kernel,
+                    {"Q": act, "K": act, "V": act, "DO": act, "DQ": act, "LSE": "*fp32", "DELTA": "*fp32",
+                     **base, **strides},
+                    {"BLOCK_M": cfg.bwd_n, "BLOCK_N": cfg.bwd_m, **flags}, cfg.bwd_warps, cfg.bwd_stages))
     return out
 
 

@@ -3,8 +3,11 @@
 An HF BertModel state_dict loads unchanged (`load_state_dict(hf.state_dict(), strict=True)`), and the
 forward takes HF's arguments and returns HF's output fields.
 
-Padding: attention_mask is HF's [B, S] 0/1 mask. Real tokens match transformers; at padded positions
-the values are whatever the layers compute there (they are never attended to).
+Padding-free execution: when attention_mask has padding, the model packs the real tokens once after the
+embeddings, runs every layer on the packed [tokens, H] (matmuls, GELU, LayerNorm and attention see only
+real tokens; attention through cu_seqlens) and pads back at the end, so its cost follows the real token
+count. Padded positions of last_hidden_state (and of hidden_states) are zeros; transformers computes
+values there that nothing attends to. Real tokens match transformers.
 """
 from __future__ import annotations
 
@@ -25,14 +28,19 @@ from bertfast.outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 
 class AttentionInputs:
-    """What every layer's attention needs, prepared once per forward: the [B, S] bool key mask (None
-    when there is no padding), or an additive mask (then the reference attention runs), and whether the
-    probabilities are wanted."""
+    """What every layer's attention needs, prepared once per forward: the packed sequences (cu_seqlens and
+    max_seqlen, when the batch had padding and runs padding-free), or an additive mask (then the
+    reference attention runs on the padded batch), and whether the probabilities are wanted."""
 
-    def __init__(self, key_mask=None, additive_mask=None, output_attentions=False):
-        self.key_mask = key_mask
+    def __init__(self, additive_mask=None, output_attentions=False, cu_seqlens=None, max_seqlen=0):
         self.additive_mask = additive_mask
         self.output_attentions = output_attentions
+        self.cu_seqlens = cu_seqlens
+        self.max_seqlen = max_seqlen
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
 
     @property
     def needs_reference(self) -> bool:
@@ -60,17 +68,20 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
-        batch, seq, _ = hidden.shape
-        heads = (batch, seq, self.num_attention_heads, self.attention_head_size)
-        q, k, v = (lin(hidden).view(heads).transpose(1, 2) for lin in (self.query, self.key, self.value))
+        heads = (*hidden.shape[:-1], self.num_attention_heads, self.attention_head_size)
+        q, k, v = (lin(hidden).view(heads) for lin in (self.query, self.key, self.value))
+        training = self.training and self.dropout_p > 0
+        seed = dropout_seed() if training else None
+        if attn.packed:  # [tokens, heads, D]
+            context = ops.fused_attention_varlen(q, k, v, attn.cu_seqlens, attn.max_seqlen, self.dropout_p, None,
+                                                 training, seed, validate=False)
+            return context.reshape(hidden.shape[0], self.all_head_size), None
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, D] views
         if attn.needs_reference:
             context, probs = reference_attention(q, k, v, attn.additive_mask, self.dropout_p, self.training)
         else:
-            training = self.training and self.dropout_p > 0
-            context = ops.fused_attention(q, k, v, attn.key_mask, self.dropout_p, None, training,
-                                          dropout_seed() if training else None)
-            probs = None
-        return context.transpose(1, 2).reshape(batch, seq, self.all_head_size), probs
+            context, probs = ops.fused_attention(q, k, v, None, self.dropout_p, None, training, seed), None
+        return context.transpose(1, 2).reshape(*hidden.shape[:-1], self.all_head_size), probs
 
 
 class BertSelfOutput(nn.Module):
@@ -159,7 +170,8 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, output_attentions: bool) -> AttentionInputs:
+def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, output_attentions: bool):
+    """(AttentionInputs, the [B, S] bool key mask when the batch runs padding-free, else None)."""
     if attention_mask is None:
         attention_mask_2d = None
     elif attention_mask.dim() == 2:
@@ -172,7 +184,7 @@ def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, 
             attention_mask = mask.masked_fill(~attention_mask, torch.finfo(dtype).min)
         if attention_mask.dim() == 3:
             attention_mask = attention_mask[:, None]
-        return AttentionInputs(additive_mask=attention_mask.to(dtype), output_attentions=output_attentions)
+        return AttentionInputs(additive_mask=attention_mask.to(dtype), output_attentions=output_attentions), None
     else:
         raise ValueError(f"attention_mask must be [batch, seq] (or a 4-D additive mask), got shape {tuple(attention_mask.shape)}")
     if output_attentions:
@@ -181,10 +193,10 @@ def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, 
         if attention_mask_2d is not None:
             additive = torch.zeros((batch, 1, 1, seq), dtype=dtype, device=attention_mask_2d.device)
             additive = additive.masked_fill(~attention_mask_2d[:, None, None, :], torch.finfo(dtype).min)
-        return AttentionInputs(additive_mask=additive, output_attentions=True)
-    if attention_mask_2d is not None and bool(attention_mask_2d.all()):
-        attention_mask_2d = None  # no padding: the kernels skip the mask
-    return AttentionInputs(key_mask=attention_mask_2d)
+        return AttentionInputs(additive_mask=additive, output_attentions=True), None
+    if attention_mask_2d is None or bool(attention_mask_2d.all()):
+        return AttentionInputs(), None  # no padding: the padded layout has no waste
+    return AttentionInputs(), attention_mask_2d
 
 
 class BertPreTrainedModel(nn.Module):
@@ -334,8 +346,16 @@ class BertModel(BertPreTrainedModel):
         batch, seq = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
 
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        attn = _attention_inputs(attention_mask, batch, seq, hidden.dtype, output_attentions)
+        attn, key_mask = _attention_inputs(attention_mask, batch, seq, hidden.dtype, output_attentions)
+        if key_mask is not None:  # padding-free: pack the real tokens once, pad back at the end
+            packed = ops.unpad(hidden, key_mask)
+            attn.cu_seqlens, attn.max_seqlen = packed.cu_seqlens, packed.max_seqlen
+            hidden = packed.hidden
         sequence_output, all_hidden, all_probs = self.encoder(hidden, attn, output_hidden_states)
+        if key_mask is not None:
+            repad = lambda t: ops.pad(t, packed.indices, batch, seq)  # noqa: E731
+            sequence_output = repad(sequence_output)
+            all_hidden = [repad(t) for t in all_hidden] if all_hidden is not None else None
         pooled = self.pooler(sequence_output) if self.pooler is not None else None
 
         out = BaseModelOutputWithPoolingAndCrossAttentions(

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bertfast import ops
+from bertfast import _backend, ops
 
 # hidden_act -> (fused GELU approximation or None, plain activation)
 _ACTIVATIONS = {
@@ -42,9 +42,11 @@ class LinearActivation(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         approximate, plain = _ACTIVATIONS[self.activation]
-        if approximate is not None and self.bias is not None:
+        if approximate is not None and self.bias is not None and _backend.use_triton(x):
             return ops.fused_bias_gelu(F.linear(x, self.weight), self.bias, approximate)
-        return plain(F.linear(x, self.weight, self.bias)) if plain else F.gelu(F.linear(x, self.weight, self.bias), approximate=approximate)
+        # Without the Triton kernel, the matmul's own bias add (addmm) is the cheaper fusion.
+        y = F.linear(x, self.weight, self.bias)
+        return plain(y) if plain else F.gelu(y, approximate=approximate)
 
 
 class Embeddings(nn.Module):

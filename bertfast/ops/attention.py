@@ -1,8 +1,13 @@
-"""fused_attention: softmax(q kᵀ · scale + key-padding mask) v.
+"""Attention with BERT's padding: fused_attention (padded, key mask), fused_attention_varlen (packed
+tokens), and unpad / pad to move between the two.
 
-q, k, v: [B, heads, S, D]; attention_mask: the HF 2-D [B, S] 0/1 key mask (None: no padding).
-A query row whose keys are all masked gives zeros (HF gives an average of the values there; parity
-is judged on real tokens).
+fused_attention: q, k, v [B, heads, S, D] (any strides; the kernel reads [B, S, heads, D] memory, which
+is what `linear(x).view(B, S, heads, D).transpose(1, 2)` gives, without a copy); attention_mask the HF
+[B, S] 0/1 key mask. fused_attention_varlen: q, k, v [total, heads, D] with cu_seqlens (int32,
+[B + 1]). A query row with no key to attend to (a fully padded or zero-length sequence) gives zeros and
+zero gradients. Dropout on the probabilities is drawn in the kernel from `seed` and redrawn in the
+backward. Triton on CUDA (and under TRITON_INTERPRET=1 with BERTFAST_BACKEND=triton); elsewhere the
+torch reference (SDPA), through the same padding semantics.
 """
 from __future__ import annotations
 
@@ -21,26 +26,159 @@ def check_attention_mask(attention_mask: torch.Tensor, batch: int, seq: int) -> 
     if tuple(attention_mask.shape) != (batch, seq):
         raise ValueError(f"attention_mask must have shape [batch, seq] = {[batch, seq]}, got {list(attention_mask.shape)}")
     if attention_mask.dtype != torch.bool:
-        if attention_mask.numel() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        if attention_mask.is_floating_point() or attention_mask.is_complex():
+            bad = attention_mask.numel() and not bool(((attention_mask == 0) | (attention_mask == 1)).all())
+        else:
+            bad = attention_mask.numel() and bool(((attention_mask < 0) | (attention_mask > 1)).any())
+        if bad:
             raise ValueError("attention_mask must hold only 0 and 1 (1 = a real token, 0 = padding)")
         attention_mask = attention_mask != 0
     return attention_mask
 
 
-def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    dropout_p: float = 0.0, softmax_scale: float | None = None, training: bool = False,
-                    seed: int | None = None) -> torch.Tensor:
+# Custom ops ----------------------------------------------------------------------------------------
+@torch.library.custom_op("bertfast::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
+                  cu_seqlens: torch.Tensor | None, max_seqlen: int, scale: float, p: float,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from bertfast.kernels.attention import attention_forward
+
+    return attention_forward(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
+
+
+@_attention_op.register_fake
+def _(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
+    if cu_seqlens is not None:
+        rows, seq = (cu_seqlens.shape[0] - 1) * q.shape[1], max_seqlen
+    else:
+        rows, seq = q.shape[0] * q.shape[1], q.shape[2]
+    return torch.empty_like(q), q.new_empty((rows, max(seq, 1)), dtype=torch.float32)
+
+
+@torch.library.custom_op("bertfast::attention_backward", mutates_args=())
+def _attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                           lse: torch.Tensor, key_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                           max_seqlen: int, scale: float, p: float,
+                           seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from bertfast.kernels.attention import attention_backward
+
+    return attention_backward(_like(do, out), q, k, v, out, lse, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
+
+
+@_attention_backward_op.register_fake
+def _(do, q, k, v, out, lse, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, cu_seqlens)
+    ctx.args = (max_seqlen, scale, p, seed)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, key_mask, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = _attention_backward_op(dout, q, k, v, out, lse, key_mask, cu_seqlens, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """t with ref's strides (the kernels address both through one set of strides)."""
+    if t.stride() == ref.stride():
+        return t
+    return torch.empty_like(ref).copy_(t)
+
+
+def _canonical_padded(t: torch.Tensor) -> torch.Tensor:
+    """[B, H, S, D] viewing [B, S, H, D] memory: what the kernel reads. A view of the model's projections
+    is already so; anything else is copied once."""
+    b, h, s, d = t.shape
+    if t.stride(3) == 1 and t.stride(1) == d and t.stride(2) == h * d and t.stride(0) == s * h * d:
+        return t
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+# Public ops -----------------------------------------------------------------------------------------
+def _check_qkv(q, k, v, dims):
     for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, dtypes=FLOAT_DTYPES, dim=4)
+        check_tensor(name, t, dtypes=FLOAT_DTYPES, dim=dims)
     if k.shape != q.shape or v.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share shape and dtype: got {tuple(q.shape)} {q.dtype}, "
                          f"{tuple(k.shape)} {k.dtype}, {tuple(v.shape)} {v.dtype}")
+
+
+def _seed(p: float, seed: int | None) -> int:
+    if p > 0 and seed is None:
+        return int(torch.randint(0, 2**31 - 1, (1,)).item())
+    return int(seed or 0)
+
+
+def _check_dropout_counter(p: float, rows: int, seq: int) -> None:
+    if p > 0 and rows * seq * seq >= 2**31:
+        raise ValueError(f"attention dropout draws one number per (batch, head, query, key): {rows} x {seq}² is over "
+                         "2**31; use a smaller batch per call")
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    dropout_p: float = 0.0, softmax_scale: float | None = None, training: bool = False,
+                    seed: int | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale + key mask) v for q, k, v [B, heads, S, D]; attention_mask [B, S] (1 = real)."""
+    _check_qkv(q, k, v, 4)
     check_probability("dropout_p", dropout_p)
     check_same_device(q=q, k=k, v=v, attention_mask=attention_mask)
-    batch, _, seq, head_dim = q.shape
+    batch, heads, seq, head_dim = q.shape
     key_mask = None if attention_mask is None else check_attention_mask(attention_mask, batch, seq)
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
     p = float(dropout_p) if training else 0.0
+    if not _backend.use_triton(q):
+        return _attention_reference(q, k, v, key_mask, scale, p)
+    _check_dropout_counter(p, batch * heads, seq)
+    q, k, v = (_canonical_padded(t) for t in (q, k, v))
+    mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else None
+    out, _ = _attention_op(q, k, v, mask, None, seq, scale, p, _seed(p, seed))
+    return out
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> None:
+    check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), dim=1)
+    if cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens must hold at least one offset (0)")
+    values = cu_seqlens.tolist()
+    if values[0] != 0 or values[-1] != total or any(b < a for a, b in zip(values, values[1:])):
+        raise ValueError(f"cu_seqlens must start at 0, never decrease and end at the token count {total}; got "
+                         f"{values if len(values) <= 12 else values[:6] + ['...'] + values[-6:]}")
+
+
+def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                           max_seqlen: int, dropout_p: float = 0.0, softmax_scale: float | None = None,
+                           training: bool = False, seed: int | None = None, validate: bool = True) -> torch.Tensor:
+    """Attention within each packed sequence: q, k, v [total, heads, D]; sequence b is the tokens
+    cu_seqlens[b]:cu_seqlens[b + 1]; max_seqlen >= the longest. validate=False skips the host-side check
+    of cu_seqlens (for callers that built it with unpad())."""
+    _check_qkv(q, k, v, 3)
+    check_probability("dropout_p", dropout_p)
+    check_same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
+    if validate:
+        check_cu_seqlens(cu_seqlens, q.shape[0])
+        lengths = cu_seqlens.diff()
+        if lengths.numel() and int(lengths.max()) > max_seqlen:
+            raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({int(lengths.max())})")
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    p = float(dropout_p) if training else 0.0
+    if not _backend.use_triton(q):
+        return _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p)
+    _check_dropout_counter(p, (cu_seqlens.shape[0] - 1) * q.shape[1], max_seqlen)
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    out, _ = _attention_op(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, _seed(p, seed))
+    return out
+
+
+# Reference paths (CPU, BERTFAST_BACKEND=torch) --------------------------------------------------------
+def _attention_reference(q, k, v, key_mask, scale, p):
     additive = None
     if key_mask is not None:
         additive = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)
@@ -50,3 +188,53 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention
         # Rows with no key at all: zeros, not the average the additive mask would give.
         out = out.masked_fill(~key_mask.any(-1)[:, None, None, None], 0.0)
     return out
+
+
+def _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p):
+    """SDPA on each packed sequence in turn: no padding, no copies beyond writing the output."""
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds, bounds[1:]):
+        if end > start:
+            q_, k_, v_ = (t[start:end].transpose(0, 1) for t in (q, k, v))  # [heads, len, D] views
+            out[start:end] = F.scaled_dot_product_attention(q_, k_, v_, dropout_p=p, scale=scale).transpose(0, 1)
+    return out
+
+
+# Padding-free execution -------------------------------------------------------------------------------
+class Unpadded:
+    """Packed tokens of a padded batch: hidden [total, ...], where they came from, and the sequences."""
+
+    def __init__(self, hidden, indices, cu_seqlens, max_seqlen, batch, seqlen):
+        self.hidden, self.indices, self.cu_seqlens = hidden, indices, cu_seqlens
+        self.max_seqlen, self.batch, self.seqlen = max_seqlen, batch, seqlen
+
+    def __iter__(self):
+        return iter((self.hidden, self.indices, self.cu_seqlens, self.max_seqlen))
+
+
+def unpad(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Unpadded:
+    """hidden [B, S, ...] and the [B, S] 0/1 mask -> packed [total, ...] of the real tokens (in order),
+    their flat indices into B*S, cu_seqlens (int32 [B + 1]) and max_seqlen (a host int: one sync).
+    Real tokens need not be contiguous within a row; each row's real tokens form one sequence."""
+    check_tensor("hidden", hidden)
+    if hidden.dim() < 2:
+        raise ValueError(f"hidden must be [batch, seq, ...], got shape {tuple(hidden.shape)}")
+    batch, seq = hidden.shape[:2]
+    key_mask = check_attention_mask(attention_mask, batch, seq)
+    lengths = key_mask.sum(1, dtype=torch.int32)
+    indices = key_mask.flatten().nonzero().squeeze(1)
+    cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+    max_seqlen = int(lengths.max()) if batch else 0
+    return Unpadded(unpad_with(hidden.flatten(0, 1), indices), indices, cu_seqlens, max_seqlen, batch, seq)
+
+
+def unpad_with(flat: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    return flat.index_select(0, indices)
+
+
+def pad(packed: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
+    """The inverse of unpad: [total, ...] -> [B, S, ...] with zeros at the padded positions."""
+    out = packed.new_zeros((batch * seqlen, *packed.shape[1:]))
+    out = out.index_copy(0, indices, packed)
+    return out.view(batch, seqlen, *packed.shape[1:])

@@ -1,0 +1,311 @@
+"""FlashAttention-style attention for BERT: a key-padding mask or packed (varlen) sequences, dropout on
+the probabilities from a seed, any sequence length (blocks are masked, not padded).
+
+Tensors are addressed through strides, so q/k/v may be views:
+  padded  q[b, s, h, d] at Q + b*stride_b + s*stride_s + h*stride_h + d, keys masked by MASK[b, s] != 0
+  varlen  q[t, h, d] for the tokens t in [cu_seqlens[b], cu_seqlens[b+1]) of sequence b (stride_b = 0)
+The forward keeps an online softmax in fp32 (exp2, with log2(e) folded into the scale) and saves the
+log-sum-exp (base 2) per query row, +inf for a row with no key (its output and gradients are zero).
+The backward follows FlashAttention-2: delta = rowsum(dO * O), then dK/dV over key blocks and dQ over
+query blocks, each recomputing P from q, k and the saved log-sum-exp (no atomics: deterministic).
+Dropout keeps P[q, k] when tl.rand(seed, (bh * S + q) * S + k) >= p, in the forward and the backward.
+"""
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _seq_bounds(CU, b, S, VARLEN: tl.constexpr):
+    if VARLEN:
+        start = tl.load(CU + b)
+        seqlen = tl.load(CU + b + 1) - start
+    else:
+        start = 0
+        seqlen = S
+    return start, seqlen
+
+
+@triton.jit
+def _dot(a, b, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    # Under the interpreter low-precision operands are multiplied in fp32 (it mis-multiplies bf16);
+    # fp32 operands use exact fp32 products on the GPU (tf32 would cost parity with the fp32 reference).
+    if DOT_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _keep_mask(seed, bh, rows, cols, S, p):
+    offsets = (bh * S + rows[:, None]) * S + cols[None, :]
+    return tl.rand(seed, offsets.to(tl.int32)) >= p
+
+
+@triton.jit
+def _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK: tl.constexpr):
+    valid = cols < seqlen
+    if HAS_MASK:
+        valid = valid & (tl.load(MASK + b * stride_mb + cols, mask=valid, other=0) != 0)
+    return valid
+
+
+@triton.jit
+def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, p, seed,
+                         stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
+                         H, S,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                         DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start, seqlen = _seq_bounds(CU, b, S, VARLEN)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, HEAD_DIM)
+    if pid_m * BLOCK_M < seqlen:
+        base = b.to(tl.int64) * stride_b + start.to(tl.int64) * stride_s + h * stride_h
+        row_ok = rows < seqlen
+        q = tl.load(Q + base + rows[:, None] * stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
+        qk_scale = sm_scale * LOG2E
+        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+        for start_n in range(0, seqlen, BLOCK_N):
+            cols = start_n + tl.arange(0, BLOCK_N)
+            col_ok = cols < seqlen
+            k = tl.load(K + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
+            v = tl.load(V + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
+            qk = _dot(q, tl.trans(k), DOT_FP32, IEEE) * qk_scale
+            valid = _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
+            qk = tl.where(valid[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: no NaN
+            prob = tl.math.exp2(qk - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(prob, 1)
+            if HAS_DROPOUT:
+                keep = _keep_mask(seed, bh, rows, cols, S, p)
+                prob = tl.where(keep, prob / (1.0 - p), 0.0)
+            acc = acc * alpha[:, None] + _dot(prob.to(v.dtype), v, DOT_FP32, IEEE)
+            m_i = m_new
+        has_key = l_i > 0.0
+        out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+        out = tl.where(has_key[:, None], out, 0.0)
+        o_base = b.to(tl.int64) * o_stride_b + start.to(tl.int64) * o_stride_s + h * o_stride_h
+        tl.store(O + o_base + rows[:, None] * o_stride_s + dims[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("inf"))
+        tl.store(LSE + bh.to(tl.int64) * S + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def attention_bwd_preprocess_kernel(O, DO, DELTA, CU, o_stride_b, o_stride_s, o_stride_h, H, S,
+                                    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr):
+    """delta[b, h, s] = sum_d dO * O (fp32). dO shares O's strides."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start, seqlen = _seq_bounds(CU, b, S, VARLEN)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, HEAD_DIM)
+    row_ok = rows < seqlen
+    base = b.to(tl.int64) * o_stride_b + start.to(tl.int64) * o_stride_s + h * o_stride_h
+    offs = base + rows[:, None] * o_stride_s + dims[None, :]
+    o = tl.load(O + offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(DELTA + bh.to(tl.int64) * S + rows, tl.sum(o * do, 1), mask=row_ok)
+
+
+@triton.jit
+def _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    qk = _dot(q, tl.trans(k), DOT_FP32, IEEE) * qk_scale
+    qk = tl.where(valid[None, :], qk, float("-inf"))
+    return tl.math.exp2(qk - lse[:, None])  # lse = +inf on rows without keys: p = 0
+
+
+@triton.jit
+def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scale, p, seed,
+                              stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
+                              H, S,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                              VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                              DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    """One program per (key block, batch*head): loops over all query blocks. DK/DV share K's strides;
+    DO shares O's."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start, seqlen = _seq_bounds(CU, b, S, VARLEN)
+    if pid_n * BLOCK_N < seqlen:
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, HEAD_DIM)
+        col_ok = cols < seqlen
+        base = b.to(tl.int64) * stride_b + start.to(tl.int64) * stride_s + h * stride_h
+        o_base = b.to(tl.int64) * o_stride_b + start.to(tl.int64) * o_stride_s + h * o_stride_h
+        k = tl.load(K + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
+        valid = _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
+        qk_scale = sm_scale * LOG2E
+        dk = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
+        dv = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
+        for start_m in range(0, seqlen, BLOCK_M):
+            rows = start_m + tl.arange(0, BLOCK_M)
+            row_ok = rows < seqlen
+            q = tl.load(Q + base + rows[:, None] * stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
+            do = tl.load(DO + o_base + rows[:, None] * o_stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
+            lse = tl.load(LSE + bh.to(tl.int64) * S + rows, mask=row_ok, other=float("inf"))
+            delta = tl.load(DELTA + bh.to(tl.int64) * S + rows, mask=row_ok, other=0.0)
+            prob = _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32, IEEE)   # [BLOCK_M, BLOCK_N]
+            dp = _dot(do, tl.trans(v), DOT_FP32, IEEE)                          # dO Vᵀ
+            if HAS_DROPOUT:
+                keep = _keep_mask(seed, bh, rows, cols, S, p)
+                prob_d = tl.where(keep, prob / (1.0 - p), 0.0)
+                dp = tl.where(keep, dp / (1.0 - p), 0.0)
+            else:
+                prob_d = prob
+            dv += _dot(tl.trans(prob_d.to(do.dtype)), do, DOT_FP32, IEEE)
+            ds = prob * (dp - delta[:, None])
+            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32, IEEE)
+        dk = dk * sm_scale
+        tl.store(DK + base + cols[:, None] * stride_s + dims[None, :], dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+        tl.store(DV + base + cols[:, None] * stride_s + dims[None, :], dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, p, seed,
+                            stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
+                            H, S,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                            VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                            DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    """One program per (query block, batch*head): loops over all key blocks. DQ shares Q's strides."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start, seqlen = _seq_bounds(CU, b, S, VARLEN)
+    if pid_m * BLOCK_M < seqlen:
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, HEAD_DIM)
+        row_ok = rows < seqlen
+        base = b.to(tl.int64) * stride_b + start.to(tl.int64) * stride_s + h * stride_h
+        o_base = b.to(tl.int64) * o_stride_b + start.to(tl.int64) * o_stride_s + h * o_stride_h
+        q = tl.load(Q + base + rows[:, None] * stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + o_base + rows[:, None] * o_stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + bh.to(tl.int64) * S + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + bh.to(tl.int64) * S + rows, mask=row_ok, other=0.0)
+        qk_scale = sm_scale * LOG2E
+        dq = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+        for start_n in range(0, seqlen, BLOCK_N):
+            cols = start_n + tl.arange(0, BLOCK_N)
+            col_ok = cols < seqlen
+            k = tl.load(K + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
+            v = tl.load(V + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
+            valid = _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
+            prob = _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32, IEEE)
+            dp = _dot(do, tl.trans(v), DOT_FP32, IEEE)
+            if HAS_DROPOUT:
+                keep = _keep_mask(seed, bh, rows, cols, S, p)
+                dp = tl.where(keep, dp / (1.0 - p), 0.0)
+            ds = prob * (dp - delta[:, None])
+            dq += _dot(ds.to(k.dtype), k, DOT_FP32, IEEE)
+        dq = dq * sm_scale
+        tl.store(DQ + base + rows[:, None] * stride_s + dims[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _grid_args(q, varlen: bool):
+    """(batch, heads, strides b/s/h) of a canonical tensor: padded [B, H, S, D] viewed from [B, S, H, D]
+    memory, or varlen [total, H, D]."""
+    if varlen:
+        return q.stride(1), 0, q.stride(0)  # stride_h, stride_b, stride_s
+    return q.stride(1), q.stride(0), q.stride(2)
+
+
+def _common(q, mask, cu_seqlens, max_seqlen):
+    import torch
+
+    from bertfast.kernels.launch import attention_config, interpreted
+
+    varlen = cu_seqlens is not None
+    if varlen:
+        batch, heads, seq = cu_seqlens.shape[0] - 1, q.shape[1], max_seqlen
+    else:
+        batch, heads, seq = q.shape[0], q.shape[1], q.shape[2]
+    head_dim = q.shape[-1]
+    flags = dict(VARLEN=varlen, HAS_MASK=mask is not None, DOT_FP32=interpreted(),
+                 IEEE=q.dtype == torch.float32 and not interpreted())
+    dummy = q.new_empty(1, dtype=torch.int32)
+    return batch, heads, seq, head_dim, flags, attention_config(head_dim, q.dtype), dummy
+
+
+def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed: int):
+    """q, k, v canonical (see _grid_args), sharing strides. Returns (out like q, lse fp32 [B*H, S])."""
+    import torch
+
+    batch, heads, seq, head_dim, flags, cfg, dummy = _common(q, mask, cu_seqlens, max_seqlen)
+    out = torch.empty_like(q)
+    lse = torch.empty((batch * heads, max(seq, 1)), dtype=torch.float32, device=q.device)
+    stride_h, stride_b, stride_s = _grid_args(q, flags["VARLEN"])
+    o_stride_h, o_stride_b, o_stride_s = _grid_args(out, flags["VARLEN"])
+    if batch * heads == 0 or seq == 0:
+        return out.zero_(), lse
+    grid = (triton.cdiv(seq, cfg.fwd_m), batch * heads)
+    attention_fwd_kernel[grid](
+        q, k, v, out, lse, mask if mask is not None else dummy, cu_seqlens if cu_seqlens is not None else dummy,
+        scale, p, seed, stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h,
+        mask.stride(0) if mask is not None else 0, heads, seq,
+        BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n, HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags,
+        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages)
+    return out, lse
+
+
+def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed: int):
+    """do shares out's strides. Returns (dq, dk, dv) with q's strides."""
+    import torch
+
+    batch, heads, seq, head_dim, flags, cfg, dummy = _common(q, mask, cu_seqlens, max_seqlen)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if batch * heads == 0 or seq == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    stride_h, stride_b, stride_s = _grid_args(q, flags["VARLEN"])
+    o_stride_h, o_stride_b, o_stride_s = _grid_args(out, flags["VARLEN"])
+    delta = torch.empty_like(lse)
+    cu = cu_seqlens if cu_seqlens is not None else dummy
+    attention_bwd_preprocess_kernel[(triton.cdiv(seq, 64), batch * heads)](
+        out, do, delta, cu, o_stride_b, o_stride_s, o_stride_h, heads, seq, BLOCK_M=64, HEAD_DIM=head_dim,
+        VARLEN=flags["VARLEN"])
+    common = (mask if mask is not None else dummy, cu, scale, p, seed, stride_b, stride_s, stride_h,
+              o_stride_b, o_stride_s, o_stride_h, mask.stride(0) if mask is not None else 0, heads, seq)
+    attention_bwd_dkdv_kernel[(triton.cdiv(seq, cfg.bwd_n), batch * heads)](
+        q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.bwd_m, BLOCK_N=cfg.bwd_n, HEAD_DIM=head_dim,
+        HAS_DROPOUT=p > 0, **flags, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
+    attention_bwd_dq_kernel[(triton.cdiv(seq, cfg.bwd_n), batch * heads)](
+        q, k, v, do, dq, lse, delta, *common, BLOCK_M=cfg.bwd_n, BLOCK_N=cfg.bwd_m, HEAD_DIM=head_dim,
+        HAS_DROPOUT=p > 0, **flags, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
+    return dq, dk, dv
+
+
+@triton.jit
+def dropout_keep_kernel(KEEP, S, p, seed, BLOCK: tl.constexpr):
+    """The keep-mask the attention kernels draw, [B*H, S, S] (for tests and debugging)."""
+    bh = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
+    keep = _keep_mask(seed, bh, rows, cols, S, p)
+    offs = bh.to(tl.int64) * S * S + rows[:, None] * S + cols[None, :]
+    tl.store(KEEP + offs, keep.to(tl.int8), mask=(rows[:, None] < S) & (cols[None, :] < S))
+
+
+def attention_dropout_keep_mask(batch_heads: int, seq: int, p: float, seed: int, device):
+    import torch
+
+    keep = torch.empty((batch_heads, seq, seq), dtype=torch.int8, device=device)
+    block = 32
+    dropout_keep_kernel[(batch_heads, triton.cdiv(seq, block), triton.cdiv(seq, block))](keep, seq, p, seed, BLOCK=block)
+    return keep.bool()

@@ -1,0 +1,228 @@
+"""fused_attention and fused_attention_varlen (Triton, under TRITON_INTERPRET=1 on CPU) against the fp32
+reference softmax(q kᵀ · scale + mask) v (bertfast.reference.attention_ref).
+
+Tolerance 1e-5 in fp32: the kernel's online softmax in fp32 differs from the reference only in the order
+of its sums. On the GPU, fp16/bf16 are judged as flash-attention's tests do: the kernel's error against
+the fp32 reference may be at most twice PyTorch's own error in that dtype (plus 1e-3), since both round
+P and the products to the same precision.
+"""
+import math
+
+import pytest
+import torch
+
+from bertfast import ops
+from bertfast.kernels.attention import attention_dropout_keep_mask
+from bertfast.reference import attention_ref
+
+
+@pytest.fixture(autouse=True)
+def triton_backend(backend):
+    backend("triton")
+
+
+def lengths_for(batch, seq):
+    """Full, half, length-1 and length-0 rows (and again, for larger batches)."""
+    pattern = [seq, max(seq // 2, 1), 1, 0]
+    return torch.tensor([pattern[i % 4] for i in range(batch)])
+
+
+def make(batch, heads, seq, dim, dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # [B, S, H, D] memory viewed as [B, H, S, D]: the layout the model hands over
+    qkv = [torch.randn(batch, seq, heads, dim, generator=g).to(device=device, dtype=dtype).transpose(1, 2).requires_grad_()
+           for _ in range(3)]
+    lengths = lengths_for(batch, seq)
+    mask = (torch.arange(seq)[None] < lengths[:, None]).long().to(device)
+    return qkv, mask
+
+
+def grads(out, inputs, dout):
+    return torch.autograd.grad(out, inputs, dout)
+
+
+@pytest.mark.parametrize("seq", [1, 17, 128, 200])
+@pytest.mark.parametrize("dim", [32, 64])
+def test_padded_matches_reference_fp32(seq, dim):
+    (q, k, v), mask = make(4, 2, seq, dim)
+    out = ops.fused_attention(q, k, v, mask)
+    ref = attention_ref(q, k, v, mask)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    dout = torch.randn_like(out)
+    for name, got, want in zip("qkv", grads(out, (q, k, v), dout), grads(ref, (q, k, v), dout)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+
+
+def test_fully_padded_rows_give_zeros_never_nan():
+    (q, k, v), mask = make(4, 2, 17, 32)
+    out = ops.fused_attention(q, k, v, mask)
+    assert torch.isfinite(out).all()
+    assert torch.all(out[3] == 0), "a length-0 row attends to nothing: zeros"
+    dq, dk, dv = grads(out, (q, k, v), torch.randn_like(out))
+    for g in (dq, dk, dv):
+        assert torch.isfinite(g).all() and torch.all(g[3] == 0)
+    assert torch.all(dk[1][:, 8:] == 0) and torch.all(dv[1][:, 8:] == 0), "padded keys get no gradient"
+
+
+def test_no_mask_and_explicit_scale():
+    (q, k, v), _ = make(3, 2, 33, 32)
+    out = ops.fused_attention(q, k, v, None, softmax_scale=0.3)
+    torch.testing.assert_close(out, attention_ref(q, k, v, None, softmax_scale=0.3), atol=1e-5, rtol=1e-5)
+
+
+def test_any_mask_pattern_left_padding():
+    (q, k, v), _ = make(2, 2, 20, 32)
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[0, :7] = 0  # left padding
+    mask[1, ::3] = 0  # holes
+    torch.testing.assert_close(ops.fused_attention(q, k, v, mask), attention_ref(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seq", [17, 130])
+def test_varlen_equals_padded_on_real_tokens(seq):
+    batch, heads, dim = 5, 2, 32
+    (q, k, v), mask = make(batch, heads, seq, dim)
+    out = ops.fused_attention(q, k, v, mask)
+    dout = torch.randn_like(out)
+    # pack [B, S, H, D] -> [total, H, D]
+    packed = [ops.unpad(t.transpose(1, 2), mask) for t in (q, k, v)]
+    pq, pk, pv = (p_.hidden for p_ in packed)
+    u = packed[0]
+    assert u.cu_seqlens.dtype == torch.int32 and u.max_seqlen == seq
+    out_v = ops.fused_attention_varlen(pq, pk, pv, u.cu_seqlens, u.max_seqlen)
+    back = ops.pad(out_v, u.indices, batch, seq).transpose(1, 2)
+    real = mask.bool()[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(back[real], out[real], atol=1e-6, rtol=1e-6)
+    got = grads(back, (q, k, v), dout * real)
+    want_real = grads(out, (q, k, v), dout * real)
+    for name, a, b in zip("qkv", got, want_real):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+
+
+def test_varlen_validates_cu_seqlens():
+    q = torch.randn(10, 2, 32)
+    with pytest.raises(TypeError, match="cu_seqlens must have dtype"):
+        ops.fused_attention_varlen(q, q, q, torch.tensor([0, 10]), 10)
+    for bad in ([1, 10], [0, 6, 4, 10], [0, 9]):
+        with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
+            ops.fused_attention_varlen(q, q, q, torch.tensor(bad, dtype=torch.int32), 10)
+    with pytest.raises(ValueError, match="max_seqlen=4"):
+        ops.fused_attention_varlen(q, q, q, torch.tensor([0, 6, 10], dtype=torch.int32), 4)
+
+
+def test_bad_arguments():
+    (q, k, v), mask = make(2, 2, 8, 32)
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        ops.fused_attention(q, k, v, mask[:, :5])
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        ops.fused_attention(q, k, v, mask * 2)
+    with pytest.raises(ValueError, match="share shape and dtype"):
+        ops.fused_attention(q, k[:, :1], v, mask)
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
+        ops.fused_attention(q, k, v, mask, dropout_p=1.5, training=True)
+    with pytest.raises(ValueError, match="head dimension 48"):
+        x = torch.randn(1, 1, 4, 48)
+        ops.fused_attention(x, x, x)
+
+
+def test_dropout_is_reproducible_and_matches_reference_with_its_mask():
+    (q, k, v), mask = make(4, 2, 37, 32)
+    p, seed = 0.2, 1234
+    a = ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed)
+    b = ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed)
+    c = ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed + 1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    keep = attention_dropout_keep_mask(4 * 2, 37, p, seed, "cpu").view(4, 2, 37, 37)
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.02
+    ref = attention_ref(q, k, v, mask, dropout_mask=keep, dropout_p=p)
+    torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
+    dout = torch.randn_like(a)
+    for name, got, want in zip("qkv", grads(a, (q, k, v), dout), grads(ref, (q, k, v), dout)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+    # eval mode is exactly no dropout
+    assert torch.equal(ops.fused_attention(q, k, v, mask, dropout_p=p, training=False), ops.fused_attention(q, k, v, mask))
+
+
+def test_opcheck():
+    (q, k, v), mask = make(2, 2, 9, 32)
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    torch.library.opcheck(torch.ops.bertfast.attention.default,
+                          (q, k, v, mask.to(torch.int8), None, 9, 1 / math.sqrt(32), 0.0, 0))
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    flat = [torch.randn(9, 2, 32, requires_grad=True) for _ in range(3)]
+    torch.library.opcheck(torch.ops.bertfast.attention.default, (*flat, None, cu, 5, 0.2, 0.1, 7))
+
+
+def test_unpad_pad_round_trip_with_autograd():
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]])
+    u = ops.unpad(x, mask)
+    assert u.hidden.shape == (9, 4) and u.cu_seqlens.tolist() == [0, 3, 9, 9] and u.max_seqlen == 6
+    back = ops.pad(u.hidden, u.indices, 3, 6)
+    torch.testing.assert_close(back, x * mask[..., None])
+    (g,) = torch.autograd.grad(back.sum(), x)
+    torch.testing.assert_close(g, mask[..., None].expand_as(x).float())
+
+
+def test_reference_backend_has_the_same_semantics(backend):
+    (q, k, v), mask = make(4, 2, 17, 32)
+    triton_out = ops.fused_attention(q, k, v, mask)
+    backend("torch")
+    torch.testing.assert_close(ops.fused_attention(q, k, v, mask), triton_out, atol=1e-5, rtol=1e-5)
+    u = ops.unpad(q.transpose(1, 2), mask)
+    out_v = ops.fused_attention_varlen(u.hidden, u.hidden, u.hidden, u.cu_seqlens, u.max_seqlen)
+    ref = ops.fused_attention(q, q, q, mask).transpose(1, 2)
+    torch.testing.assert_close(ops.pad(out_v, u.indices, 4, 17), ref * mask[..., None, None], atol=1e-5, rtol=1e-5)
+
+
+def low_precision_check(dtype, dim, seq=200, batch=5, heads=3):
+    (q, k, v), mask = make(batch, heads, seq, dim, dtype=dtype, device="cuda")
+    out = ops.fused_attention(q, k, v, mask)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref32 = attention_ref(q32, k32, v32, mask)
+    ref_lp = attention_ref(q, k, v, mask)  # PyTorch in the same dtype
+    dout = torch.randn_like(out)
+    got = grads(out, (q, k, v), dout)
+    want32 = grads(ref32, (q32, k32, v32), dout.float())
+    want_lp = grads(ref_lp, (q, k, v), dout)
+    err = lambda a, b: (a.float() - b.float()).abs().max().item()  # noqa: E731
+    assert err(out, ref32) <= 2 * err(ref_lp, ref32) + 1e-3
+    for name, a, b32, blp in zip("qkv", got, want32, want_lp):
+        assert err(a, b32) <= 2 * err(blp, b32) + 1e-3, f"d{name}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dim", [64, 128])
+def test_cuda_low_precision(dtype, dim):
+    low_precision_check(dtype, dim)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dim", [32, 64, 128])
+def test_cuda_fp32(dim):
+    (q, k, v), mask = make(5, 3, 200, dim, device="cuda")
+    out = ops.fused_attention(q, k, v, mask)
+    ref = attention_ref(q, k, v, mask)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    dout = torch.randn_like(out)
+    for got, want in zip(grads(out, (q, k, v), dout), grads(ref, (q, k, v), dout)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_varlen_and_dropout():
+    (q, k, v), mask = make(6, 4, 300, 64, dtype=torch.bfloat16, device="cuda")
+    out = ops.fused_attention(q, k, v, mask)
+    u = [ops.unpad(t.transpose(1, 2), mask) for t in (q, k, v)]
+    out_v = ops.fused_attention_varlen(u[0].hidden, u[1].hidden, u[2].hidden, u[0].cu_seqlens, u[0].max_seqlen)
+    back = ops.pad(out_v, u[0].indices, 6, 300).transpose(1, 2)
+    real = mask.bool()[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(back[real], out[real], atol=0, rtol=0)
+    p, seed = 0.1, 99
+    a = ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed)
+    assert torch.equal(a, ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed))
+    keep = attention_dropout_keep_mask(6 * 4, 300, p, seed, "cuda").view(6, 4, 300, 300)
+    q32, k32, v32 = (t.detach().float() for t in (q, k, v))
+    ref = attention_ref(q32, k32, v32, mask, dropout_mask=keep, dropout_p=p)
+    assert (a.float() - ref).abs().max().item() < 3e-2
