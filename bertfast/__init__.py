@@ -5,7 +5,11 @@ Importing bertfast never touches CUDA, imports neither triton nor transformers, 
 from bertfast import ops
 from bertfast.config import BertConfig
 from bertfast.info import info
-from bertfast.models import BertModel, BertPreTrainedModel
+from bertfast.models import (BertForMaskedLM, BertForMultipleChoice, BertForNextSentencePrediction,
+                             BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
+                             BertForTokenClassification, BertModel, BertPreTrainedModel)
 
 __version__ = "0.1.0"
-__all__ = ["BertConfig", "BertModel", "BertPreTrainedModel", "info", "ops"]
+__all__ = ["BertConfig", "BertForMaskedLM", "BertForMultipleChoice", "BertForNextSentencePrediction",
+           "BertForPreTraining", "BertForQuestionAnswering", "BertForSequenceClassification",
+           "BertForTokenClassification", "BertModel", "BertPreTrainedModel", "info", "ops"]

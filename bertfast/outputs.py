@@ -44,3 +44,49 @@ class BaseModelOutputWithPoolingAndCrossAttentions(ModelOutput):
     past_key_values: object | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     cross_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class BertForPreTrainingOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    prediction_logits: torch.Tensor | None = None
+    seq_relationship_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MaskedLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class NextSentencePredictorOutput(MaskedLMOutput):
+    pass
+
+
+@dataclass
+class SequenceClassifierOutput(MaskedLMOutput):
+    pass
+
+
+@dataclass
+class TokenClassifierOutput(MaskedLMOutput):
+    pass
+
+
+@dataclass
+class MultipleChoiceModelOutput(MaskedLMOutput):
+    pass
+
+
+@dataclass
+class QuestionAnsweringModelOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    start_logits: torch.Tensor | None = None
+    end_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None

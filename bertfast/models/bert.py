@@ -252,11 +252,24 @@ class BertPreTrainedModel(nn.Module):
         return out
 
     def load_checkpoint_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Strict load of a checkpoint state_dict: missing, unexpected and wrongly shaped tensors raise, listed."""
+        """Strict load of a checkpoint state_dict: missing, unexpected and wrongly shaped tensors of the BERT
+        encoder raise, listed. For a model with a task head, as in transformers, head weights the
+        checkpoint lacks keep their fresh initialisation and another head's weights are dropped (fine-tuning
+        from a pre-trained encoder); both are listed in a warning."""
         state = self._normalise_state_dict(state)
         own = self.state_dict()
         missing = sorted(set(own) - set(state) - set(self._tied_keys()))
         unexpected = sorted(set(state) - set(own))
+        prefix = self.base_model_prefix + "."
+        if any(k.startswith(prefix) for k in own):
+            new_head = [k for k in missing if not k.startswith(prefix)]
+            other_head = [k for k in unexpected if not k.startswith(prefix)]
+            if new_head or other_head:
+                warnings.warn(f"{type(self).__name__}: head weights newly initialised (not in the checkpoint): "
+                              f"{new_head}; checkpoint weights of another head, not used: {other_head}", stacklevel=3)
+            missing = [k for k in missing if k.startswith(prefix)]
+            unexpected = [k for k in unexpected if k.startswith(prefix)]
+            state = {k: v for k, v in state.items() if k in own}
         shapes = sorted(f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
                         for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
         if missing or unexpected or shapes:
