@@ -19,6 +19,7 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from bertfast import ops
 from bertfast.config import BertConfig
@@ -138,12 +139,20 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
+        self.checkpoint_reentrant = True
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs, output_hidden_states: bool = False):
         all_hidden = [hidden] if output_hidden_states else None
         all_probs = [] if attn.output_attentions else None
         for layer in self.layer:
-            hidden, probs = layer(hidden, attn)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # Recomputed in the backward; the CPU RNG state is restored there, so the dropout seeds
+                # drawn inside the layer (and so the masks) are the same both times.
+                hidden = checkpoint(lambda h, lay=layer: lay(h, attn)[0], hidden,
+                                    use_reentrant=self.checkpoint_reentrant, preserve_rng_state=True)
+                probs = None
+            else:
+                hidden, probs = layer(hidden, attn)
             if output_hidden_states:
                 all_hidden.append(hidden)
             if all_probs is not None:
@@ -229,6 +238,19 @@ class BertPreTrainedModel(nn.Module):
 
     def init_weights(self) -> None:
         self.apply(self._init_weights)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each encoder layer in the backward instead of storing its activations (HF's API;
+        gradient_checkpointing_kwargs={"use_reentrant": False} picks the non-reentrant variant)."""
+        reentrant = (gradient_checkpointing_kwargs or {}).get("use_reentrant", True)
+        for module in self.modules():
+            if isinstance(module, BertEncoder):
+                module.gradient_checkpointing, module.checkpoint_reentrant = True, reentrant
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if isinstance(module, BertEncoder):
+                module.gradient_checkpointing = False
 
     # Checkpoints ----------------------------------------------------------------------------------
     def _normalise_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -356,14 +378,34 @@ class BertModel(BertPreTrainedModel):
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        if input_ids is not None and (not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2):
+            raise ValueError(f"input_ids must be a [batch, seq] tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+        if inputs_embeds is not None and (not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3):
+            raise ValueError(f"inputs_embeds must be a [batch, seq, hidden] tensor, got "
+                             f"{getattr(inputs_embeds, 'shape', type(inputs_embeds))}")
         batch, seq = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
 
-        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        attn, key_mask = _attention_inputs(attention_mask, batch, seq, hidden.dtype, output_attentions)
-        if key_mask is not None:  # padding-free: pack the real tokens once, pad back at the end
-            packed = ops.unpad(hidden, key_mask)
+        dtype = inputs_embeds.dtype if inputs_embeds is not None else self.embeddings.word_embeddings.weight.dtype
+        attn, key_mask = _attention_inputs(attention_mask, batch, seq, dtype, output_attentions)
+        if key_mask is None:
+            hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        else:  # padding-free: pack the real tokens before the embeddings, pad back at the end
+            packed = ops.unpad(None, key_mask)
             attn.cu_seqlens, attn.max_seqlen = packed.cu_seqlens, packed.max_seqlen
-            hidden = packed.hidden
+            token_type_ids, position_ids = self.embeddings.default_ids(seq, token_type_ids, position_ids)
+
+            def pack(t):  # [B, S, ...] (or broadcastable ids) -> [1, tokens, ...]
+                if t is None:
+                    return None
+                t = t.expand(batch, seq, *t.shape[2:]) if t.dim() >= 2 else t
+                return t.reshape(batch * seq, *t.shape[2:]).index_select(0, packed.indices)[None]
+
+            for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+                try:
+                    torch.broadcast_shapes(t.shape, (batch, seq))
+                except RuntimeError:
+                    raise ValueError(f"{name} has shape {tuple(t.shape)}, which does not broadcast to {(batch, seq)}") from None
+            hidden = self.embeddings(pack(input_ids), pack(token_type_ids), pack(position_ids), pack(inputs_embeds))[0]
         sequence_output, all_hidden, all_probs = self.encoder(hidden, attn, output_hidden_states)
         if key_mask is not None:
             repad = lambda t: ops.pad(t, packed.indices, batch, seq)  # noqa: E731

@@ -62,8 +62,8 @@ class Embeddings(nn.Module):
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False)
         self.register_buffer("token_type_ids", torch.zeros(self.position_ids.size(), dtype=torch.long), persistent=False)
 
-    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None) -> torch.Tensor:
-        seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+    def default_ids(self, seq: int, token_type_ids=None, position_ids=None):
+        """HF's defaults: positions 0..seq-1 (checked against max_position_embeddings) and segment 0."""
         max_len = self.position_embeddings.num_embeddings
         if position_ids is None:
             if seq > max_len:
@@ -71,6 +71,11 @@ class Embeddings(nn.Module):
             position_ids = self.position_ids[:, :seq]
         if token_type_ids is None:
             token_type_ids = self.token_type_ids[:, :1]
+        return token_type_ids, position_ids
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None) -> torch.Tensor:
+        seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        token_type_ids, position_ids = self.default_ids(seq, token_type_ids, position_ids)
         x = ops.embedding_sum(input_ids, token_type_ids, position_ids, self.word_embeddings.weight,
                               self.token_type_embeddings.weight, self.position_embeddings.weight,
                               padding_idx=self.word_embeddings.padding_idx, inputs_embeds=inputs_embeds)

@@ -196,8 +196,10 @@ def _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p):
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds, bounds[1:]):
         if end > start:
-            q_, k_, v_ = (t[start:end].transpose(0, 1) for t in (q, k, v))  # [heads, len, D] views
-            out[start:end] = F.scaled_dot_product_attention(q_, k_, v_, dropout_p=p, scale=scale).transpose(0, 1)
+            # [1, heads, len, D] views: SDPA's fused CPU kernel takes these strides (3-D inputs fall back to
+            # its slow math path)
+            q_, k_, v_ = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
+            out[start:end] = F.scaled_dot_product_attention(q_, k_, v_, dropout_p=p, scale=scale)[0].transpose(0, 1)
     return out
 
 
@@ -213,20 +215,24 @@ class Unpadded:
         return iter((self.hidden, self.indices, self.cu_seqlens, self.max_seqlen))
 
 
-def unpad(hidden: torch.Tensor, attention_mask: torch.Tensor) -> Unpadded:
+def unpad(hidden: torch.Tensor | None, attention_mask: torch.Tensor) -> Unpadded:
     """hidden [B, S, ...] and the [B, S] 0/1 mask -> packed [total, ...] of the real tokens (in order),
     their flat indices into B*S, cu_seqlens (int32 [B + 1]) and max_seqlen (a host int: one sync).
-    Real tokens need not be contiguous within a row; each row's real tokens form one sequence."""
-    check_tensor("hidden", hidden)
-    if hidden.dim() < 2:
-        raise ValueError(f"hidden must be [batch, seq, ...], got shape {tuple(hidden.shape)}")
-    batch, seq = hidden.shape[:2]
+    Real tokens need not be contiguous within a row; each row's real tokens form one sequence.
+    hidden=None computes only the indices and sequences (Unpadded.hidden is then None)."""
+    check_tensor("attention_mask", attention_mask, dim=2)
+    batch, seq = attention_mask.shape
+    if hidden is not None:
+        check_tensor("hidden", hidden)
+        if tuple(hidden.shape[:2]) != (batch, seq):
+            raise ValueError(f"hidden must be [batch, seq, ...] = [{batch}, {seq}, ...], got shape {tuple(hidden.shape)}")
     key_mask = check_attention_mask(attention_mask, batch, seq)
     lengths = key_mask.sum(1, dtype=torch.int32)
     indices = key_mask.flatten().nonzero().squeeze(1)
     cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
     max_seqlen = int(lengths.max()) if batch else 0
-    return Unpadded(unpad_with(hidden.flatten(0, 1), indices), indices, cu_seqlens, max_seqlen, batch, seq)
+    packed = unpad_with(hidden.flatten(0, 1), indices) if hidden is not None else None
+    return Unpadded(packed, indices, cu_seqlens, max_seqlen, batch, seq)
 
 
 def unpad_with(flat: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,69 @@
+"""DDP on the gloo backend, 2 processes on CPU: the gradients equal one process on the combined batch.
+
+Tolerance 1e-4: the same fp32 sums taken in another order (each rank sums its half, then the halves
+are averaged); the token-type table sums every token, where that order shows at ~2e-5."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import bertfast
+
+
+def config():
+    return bertfast.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0)
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([10, 4, 7, 1])
+    mask = (torch.arange(10)[None] < lengths[:, None]).long()
+    return torch.randint(1, 64, (4, 10), generator=g) * mask, mask
+
+
+def loss_of(model, ids, mask):
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return (out * torch.linspace(-1, 1, 32)).sum() / 4  # a sum over the global batch of 4
+
+
+def worker(rank, port, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(bertfast.BertModel(config(), add_pooling_layer=False))
+    ids, mask = data()
+    part = slice(2 * rank, 2 * rank + 2)
+    (loss_of(model, ids[part], mask[part]) * 2).backward()  # DDP averages over the 2 ranks
+    if rank == 0:  # a file, not a queue: tensors in a queue die with the process that sent them
+        torch.save({n: p.grad.clone() for n, p in model.module.named_parameters() if p.grad is not None}, out_path)
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_matches_single_process(tmp_path):
+    torch.manual_seed(0)
+    model = bertfast.BertModel(config(), add_pooling_layer=False)  # every parameter gets a gradient, as DDP needs
+    ids, mask = data()
+    loss_of(model, ids, mask).backward()
+    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    ctx = mp.get_context("spawn")
+    port, out_path = free_port(), str(tmp_path / "grads.pt")
+    procs = [ctx.Process(target=worker, args=(rank, port, out_path)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    got = torch.load(out_path)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
