@@ -67,3 +67,39 @@ def test_embedding_sum(benchmark, recorder, dev, tokens, hidden, pass_, variant)
             torch.autograd.grad(fn(ids, tt, pos, *tables), tables, grad)
     recorder.measure(benchmark, f"embedding_sum {pass_}", f"T={tokens} H={hidden} {str(dtype)[6:]}", variant, run,
                      bytes_moved=bytes_moved)
+
+
+def _embedding_ln_eager(ids, tt, pos, w, t, p, lw, lb):
+    x = embedding_sum_ref(ids, tt, pos, w, t, p, 0)
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), lw, lb, 1e-12)
+
+
+_COMPILED = {}
+
+
+@pytest.mark.triton_kernel
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("variant", ["eager", "torch.compile", "bertfast unfused", "bertfast fused"])
+def test_embedding_layer_norm_forward(benchmark, recorder, dev, tokens, hidden, variant):
+    """The embeddings' sum + LayerNorm, inference: two ops (embedding_sum, then the fused LayerNorm) or the
+    fused embedding_layer_norm. Bytes: three gathered rows and one written row per token."""
+    ids, tt, pos, tables = make(tokens, hidden, dev, torch.bfloat16, False)
+    lw, lb = torch.randn(hidden, device=dev), torch.randn(hidden, device=dev)
+    if variant == "eager":
+        fn = _embedding_ln_eager
+    elif variant == "torch.compile":
+        fn = _COMPILED.setdefault("c", torch.compile(_embedding_ln_eager))
+    elif variant == "bertfast unfused":
+        def fn(*a):
+            x = ops.embedding_sum(*a[:6], padding_idx=0)
+            return ops.fused_residual_layer_norm(x, None, a[6], a[7], 1e-12)
+    else:
+        def fn(*a):
+            return ops.embedding_layer_norm(*a, 1e-12, padding_idx=0)
+
+    @torch.no_grad()
+    def run():
+        return fn(ids, tt, pos, *tables, lw, lb)
+    recorder.measure(benchmark, "embedding+LayerNorm fwd", f"T={tokens} H={hidden} bf16", variant, run,
+                     bytes_moved=4 * tokens * hidden * 2 + 3 * tokens * 8)

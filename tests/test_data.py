@@ -106,3 +106,12 @@ def test_bad_files_name_file_and_line(tmp_path):
     none.write_text("")
     with pytest.raises(data.DataError, match="none.jsonl: the file holds no examples"):
         data.read_records(str(none), ["text"])
+
+
+def test_train_a_wordpiece_vocabulary(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the quick brown fox number {i} jumps over the lazy dog" for i in range(200)))
+    tok = data.WordPiece.train([str(corpus)], vocab_size=200)
+    assert tok.vocab_size <= 200 and tok.mask_id != tok.unk_id
+    again = data.WordPiece.from_vocab(tok.save_vocab(str(tmp_path / "out")))
+    assert again.ids("the lazy dog") == tok.ids("the lazy dog")

@@ -113,3 +113,26 @@ def test_pickled_checkpoints_are_refused_unless_asked(tmp_path):
         bertfast.BertModel.from_pretrained(tmp_path)
     loaded = bertfast.BertModel.from_pretrained(tmp_path, allow_pickle=True)
     assert torch.equal(loaded.embeddings.word_embeddings.weight, model.embeddings.word_embeddings.weight)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_a_thousand_training_steps_keep_memory_flat_and_loss_finite():
+    torch.manual_seed(0)
+    model = bertfast.BertForMaskedLM(tiny(hidden_dropout_prob=0.1)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    inputs = batch(b=4, s=12)
+    labels = torch.where(inputs["attention_mask"].bool(), inputs["input_ids"], -100)
+    rss = []
+    for step in range(1000):
+        opt.zero_grad(set_to_none=True)
+        loss = model(**inputs, labels=labels).loss
+        assert torch.isfinite(loss), f"step {step}: loss {loss.item()}"
+        loss.backward()
+        opt.step()
+        if step in (100, 999):
+            rss.append(_rss_mb())
+    assert rss[1] - rss[0] < 30, f"resident memory grew from {rss[0]:.0f} MB to {rss[1]:.0f} MB"

@@ -62,7 +62,7 @@ def _ptr(dtype: str) -> str:
 
 def cases():
     """(name, fn, signature, constexprs, num_warps, num_stages) for each kernel at the launch configurations used."""
-    from bertfast.kernels import attention, bias_gelu, layer_norm
+    from bertfast.kernels import attention, bias_gelu, embedding_layer_norm, layer_norm
 
     out = []
     for dtype in ("fp32", "bf16"):
@@ -89,6 +89,14 @@ def cases():
                          "seed": "i32"},
                         {"BLOCK_N": bn, "HAS_RESIDUAL": True, "HAS_DROPOUT": True, "HAS_WEIGHT": True,
                          "WRITE_DX": True, "PARTIALS_IN_MEMORY": launch.partials_in_memory(bn)}, w, 3))
+    for dtype in ("fp32", "bf16"):
+        for n in (768, 1024):
+            bn, w = launch.row_config(n)
+            act = _ptr(dtype)
+            out.append((f"embedding_layer_norm_fwd {dtype} n={n}", embedding_layer_norm.embedding_layer_norm_fwd_kernel,
+                        {"IDS": "*i64", "TYPE_IDS": "*i64", "POS_IDS": "*i64", "WORD": act, "TYPE": act, "POS": act,
+                         "W": "*fp32", "B": "*fp32", "Y": act, "N": "i32", "eps": "fp32"},
+                        {"BLOCK_N": bn, "HAS_WEIGHT": True, "HAS_BIAS": True}, w, 3))
     for dtype, head_dim in (("bf16", 64), ("bf16", 128), ("fp16", 64), ("fp32", 64), ("fp32", 128)):
         import torch
 
