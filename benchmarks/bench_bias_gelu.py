@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import MODE, sizes
+from benchmarks.harness import MODE, sizes, variant_fn
 from bertfast import ops
 
 TOKENS = sizes(full=[4096, 16384, 65536], reduced=[16384], dry=[64])
@@ -18,19 +18,6 @@ def eager(x, b):
     return F.gelu(x + b)
 
 
-_COMPILED = {}
-
-
-def variant_fn(variant):
-    if variant == "eager":
-        return eager
-    if variant == "bertfast":
-        return ops.fused_bias_gelu
-    if "compiled" not in _COMPILED:
-        _COMPILED["compiled"] = torch.compile(eager)
-    return _COMPILED["compiled"]
-
-
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("inter", INTERMEDIATE)
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
@@ -39,7 +26,7 @@ def test_bias_gelu(benchmark, recorder, dev, tokens, inter, pass_, variant):
     dtype = torch.bfloat16
     x = torch.randn(tokens, inter, device=dev, dtype=dtype, requires_grad=pass_ != "fwd")
     b = torch.randn(inter, device=dev, dtype=dtype, requires_grad=pass_ != "fwd")
-    fn = variant_fn(variant)
+    fn = variant_fn(variant, eager, ops.fused_bias_gelu)
     n_tensors = 2
     if pass_ == "fwd":
         run = lambda: fn(x, b)  # noqa: E731

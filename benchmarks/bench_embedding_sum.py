@@ -4,7 +4,7 @@ and torch.compile of that eager code. Bytes: three gathered rows read and one ro
 import pytest
 import torch
 
-from benchmarks.harness import MODE, sizes
+from benchmarks.harness import MODE, sizes, variant_fn
 from bertfast import ops
 from bertfast.reference import embedding_sum_ref
 
@@ -74,9 +74,6 @@ def _embedding_ln_eager(ids, tt, pos, w, t, p, lw, lb):
     return torch.nn.functional.layer_norm(x, (x.shape[-1],), lw, lb, 1e-12)
 
 
-_COMPILED = {}
-
-
 @pytest.mark.triton_kernel
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("hidden", HIDDEN)
@@ -89,7 +86,7 @@ def test_embedding_layer_norm_forward(benchmark, recorder, dev, tokens, hidden, 
     if variant == "eager":
         fn = _embedding_ln_eager
     elif variant == "torch.compile":
-        fn = _COMPILED.setdefault("c", torch.compile(_embedding_ln_eager))
+        fn = variant_fn("torch.compile", _embedding_ln_eager, None)
     elif variant == "bertfast unfused":
         def fn(*a):
             x = ops.embedding_sum(*a[:6], padding_idx=0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import MODE, sizes
+from benchmarks.harness import MODE, sizes, variant_fn
 from bertfast import ops
 
 TOKENS = sizes(full=[4096, 16384, 65536], reduced=[16384], dry=[64])
@@ -22,19 +22,6 @@ def fused(x, r, w, b):
     return ops.fused_residual_layer_norm(x, r, w, b, 1e-12)
 
 
-_COMPILED = {}
-
-
-def variant_fn(variant):
-    if variant == "eager":
-        return eager
-    if variant == "bertfast":
-        return fused
-    if "compiled" not in _COMPILED:
-        _COMPILED["compiled"] = torch.compile(eager)
-    return _COMPILED["compiled"]
-
-
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
@@ -46,7 +33,7 @@ def test_residual_layer_norm(benchmark, recorder, dev, tokens, hidden, pass_, va
     r = torch.randn(tokens, hidden, device=dev, dtype=dtype, requires_grad=grad)
     w = torch.randn(hidden, device=dev, dtype=dtype, requires_grad=grad)
     b = torch.randn(hidden, device=dev, dtype=dtype, requires_grad=grad)
-    fn = variant_fn(variant)
+    fn = variant_fn(variant, eager, fused)
     n_tensors = 3
     if pass_ == "fwd":
         run = lambda: fn(x, r, w, b)  # noqa: E731

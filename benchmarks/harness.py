@@ -225,3 +225,18 @@ def sizes(full: list, reduced: list, dry: list) -> list:
     """Problem sizes for the mode; on a CPU the full mode uses the reduced sizes (minutes, not hours)."""
     mode = "reduced" if MODE == "full" and not torch.cuda.is_available() else MODE
     return {"full": full, "reduced": reduced, "dry": dry}[mode]
+
+
+_COMPILED: dict = {}
+
+
+def variant_fn(variant: str, eager, bertfast_fn):
+    """The function a kernel benchmark times: the eager code, torch.compile of it (compiled once per
+    eager function), or bertfast's op."""
+    if variant == "eager":
+        return eager
+    if variant == "bertfast":
+        return bertfast_fn
+    if eager not in _COMPILED:
+        _COMPILED[eager] = torch.compile(eager)
+    return _COMPILED[eager]

@@ -4,6 +4,7 @@ import triton
 import triton.language as tl
 
 from bertfast.kernels.launch import row_config
+from bertfast.kernels.layer_norm import normalise_row
 
 
 @triton.jit
@@ -18,14 +19,7 @@ def embedding_layer_norm_fwd_kernel(IDS, TYPE_IDS, POS_IDS, WORD, TYPE, POS, W, 
     x = tl.load(WORD + word_row * N + cols, mask=mask, other=0.0).to(tl.float32)
     x += tl.load(TYPE + type_row * N + cols, mask=mask, other=0.0).to(tl.float32)
     x += tl.load(POS + pos_row * N + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / N
-    centred = tl.where(mask, x - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / N + eps)
-    y = centred * rstd
-    if HAS_WEIGHT:
-        y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    y, _, _ = normalise_row(x, W, B, cols, mask, N, eps, HAS_WEIGHT, HAS_BIAS)
     tl.store(Y + tl.cast(row, tl.int64) * N + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 

@@ -24,13 +24,8 @@ def _load_h(X, R, row, cols, mask, N, p, seed, HAS_RESIDUAL: tl.constexpr, HAS_D
 
 
 @triton.jit
-def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, N, eps, p, seed, BLOCK_N: tl.constexpr,
-                                   HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                                   HAS_BIAS: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    h, _ = _load_h(X, R, row, cols, mask, N, p, seed, HAS_RESIDUAL, HAS_DROPOUT)
+def normalise_row(h, W, B, cols, mask, N, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """(LayerNorm of the fp32 row h with weight W and bias B, its mean, its rstd)."""
     mean = tl.sum(h, axis=0) / N
     centred = tl.where(mask, h - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / N + eps)
@@ -39,6 +34,18 @@ def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, N, eps, p, seed, B
         y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    return y, mean, rstd
+
+
+@triton.jit
+def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, N, eps, p, seed, BLOCK_N: tl.constexpr,
+                                   HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                                   HAS_BIAS: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    h, _ = _load_h(X, R, row, cols, mask, N, p, seed, HAS_RESIDUAL, HAS_DROPOUT)
+    y, mean, rstd = normalise_row(h, W, B, cols, mask, N, eps, HAS_WEIGHT, HAS_BIAS)
     tl.store(Y + tl.cast(row, tl.int64) * N + cols, y.to(Y.dtype.element_ty), mask=mask)
     tl.store(MEAN + row, mean)
     tl.store(RSTD + row, rstd)
