@@ -97,24 +97,27 @@ def cases():
                         {"IDS": "*i64", "TYPE_IDS": "*i64", "POS_IDS": "*i64", "WORD": act, "TYPE": act, "POS": act,
                          "W": "*fp32", "B": "*fp32", "Y": act, "N": "i32", "eps": "fp32"},
                         {"BLOCK_N": bn, "HAS_WEIGHT": True, "HAS_BIAS": True}, w, 3))
-    for dtype, head_dim in (("bf16", 64), ("bf16", 128), ("fp16", 64), ("fp32", 64), ("fp32", 128)):
+    attention_cases = [(d, h, True) for d, h in (("bf16", 64), ("bf16", 128), ("fp16", 64), ("fp32", 64), ("fp32", 128))]
+    attention_cases += [("bf16", 64, False), ("bf16", 128, False), ("fp32", 64, False)]  # padded, key mask
+    for dtype, head_dim, varlen in attention_cases:
         import torch
 
         cfg = launch.attention_config(head_dim, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
         act = _ptr(dtype)
         strides = {n: "i32" for n in ("stride_b", "stride_s", "stride_h", "o_stride_b", "o_stride_s", "o_stride_h",
                                       "stride_mb", "H", "S")}
-        flags = {"HEAD_DIM": head_dim, "VARLEN": True, "HAS_MASK": False, "HAS_DROPOUT": True, "DOT_FP32": False,
+        flags = {"HEAD_DIM": head_dim, "VARLEN": varlen, "HAS_MASK": not varlen, "HAS_DROPOUT": True, "DOT_FP32": False,
                  "IEEE": dtype == "fp32"}
+        mode = "varlen" if varlen else "padded+mask"
         base = {"MASK": "*i8", "CU": "*i32", "sm_scale": "fp32", "p": "fp32", "seed": "i32"}
-        out.append((f"attention_fwd {dtype} d={head_dim} varlen dropout", attention.attention_fwd_kernel,
+        out.append((f"attention_fwd {dtype} d={head_dim} {mode} dropout", attention.attention_fwd_kernel,
                     {"Q": act, "K": act, "V": act, "O": act, "LSE": "*fp32", **base, **strides},
                     {"BLOCK_M": cfg.fwd_m, "BLOCK_N": cfg.fwd_n, **flags}, cfg.fwd_warps, cfg.fwd_stages))
-        out.append((f"attention_bwd_dkdv {dtype} d={head_dim} varlen dropout", attention.attention_bwd_dkdv_kernel,
+        out.append((f"attention_bwd_dkdv {dtype} d={head_dim} {mode} dropout", attention.attention_bwd_dkdv_kernel,
                     {"Q": act, "K": act, "V": act, "DO": act, "DK": act, "DV": act, "LSE": "*fp32", "DELTA": "*fp32",
                      **base, **strides},
                     {"BLOCK_M": cfg.bwd_m, "BLOCK_N": cfg.bwd_n, **flags}, cfg.bwd_warps, cfg.bwd_stages))
-        out.append((f"attention_bwd_dq {dtype} d={head_dim} varlen dropout", attention.attention_bwd_dq_kernel,
+        out.append((f"attention_bwd_dq {dtype} d={head_dim} {mode} dropout", attention.attention_bwd_dq_kernel,
                     {"Q": act, "K": act, "V": act, "DO": act, "DQ": act, "LSE": "*fp32", "DELTA": "*fp32",
                      **base, **strides},
                     {"BLOCK_M": cfg.bwd_n, "BLOCK_N": cfg.bwd_m, **flags}, cfg.bwd_warps, cfg.bwd_stages))
