@@ -24,7 +24,6 @@ from torch.utils.checkpoint import checkpoint
 from bertfast import ops
 from bertfast.config import BertConfig
 from bertfast.nn import Embeddings, FusedLayerNorm, LinearActivation
-from bertfast.nn.modules import dropout_seed
 from bertfast.outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 
@@ -33,8 +32,9 @@ class AttentionInputs:
     max_seqlen, when the batch had padding and runs padding-free), or an additive mask (then the
     reference attention runs on the padded batch), and whether the probabilities are wanted."""
 
-    def __init__(self, additive_mask=None, output_attentions=False, cu_seqlens=None, max_seqlen=0):
+    def __init__(self, additive_mask=None, output_attentions=False, cu_seqlens=None, max_seqlen=0, key_mask=None):
         self.additive_mask = additive_mask
+        self.key_mask = key_mask  # [B, S] bool, for the padded path (under torch.compile)
         self.output_attentions = output_attentions
         self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
@@ -72,7 +72,7 @@ class BertSelfAttention(nn.Module):
         heads = (*hidden.shape[:-1], self.num_attention_heads, self.attention_head_size)
         q, k, v = (lin(hidden).view(heads) for lin in (self.query, self.key, self.value))
         training = self.training and self.dropout_p > 0
-        seed = dropout_seed() if training else None
+        seed = None  # drawn by the op, only when a Triton kernel needs one
         if attn.packed:  # [tokens, heads, D]
             context = ops.fused_attention_varlen(q, k, v, attn.cu_seqlens, attn.max_seqlen, self.dropout_p, None,
                                                  training, seed, validate=False)
@@ -81,7 +81,7 @@ class BertSelfAttention(nn.Module):
         if attn.needs_reference:
             context, probs = reference_attention(q, k, v, attn.additive_mask, self.dropout_p, self.training)
         else:
-            context, probs = ops.fused_attention(q, k, v, None, self.dropout_p, None, training, seed), None
+            context, probs = ops.fused_attention(q, k, v, attn.key_mask, self.dropout_p, None, training, seed), None
         return context.transpose(1, 2).reshape(*hidden.shape[:-1], self.all_head_size), probs
 
 
@@ -203,7 +203,13 @@ def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, 
             additive = torch.zeros((batch, 1, 1, seq), dtype=dtype, device=attention_mask_2d.device)
             additive = additive.masked_fill(~attention_mask_2d[:, None, None, :], torch.finfo(dtype).min)
         return AttentionInputs(additive_mask=additive, output_attentions=True), None
-    if attention_mask_2d is None or bool(attention_mask_2d.all()):
+    if attention_mask_2d is None:
+        return AttentionInputs(), None
+    if torch.compiler.is_compiling():
+        # Packing needs the token count on the host (a graph break): compiled graphs run the padded batch
+        # with the key mask instead.
+        return AttentionInputs(key_mask=attention_mask_2d), None
+    if bool(attention_mask_2d.all()):
         return AttentionInputs(), None  # no padding: the padded layout has no waste
     return AttentionInputs(), attention_mask_2d
 

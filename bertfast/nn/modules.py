@@ -17,18 +17,13 @@ _ACTIVATIONS = {
 }
 
 
-def dropout_seed() -> int:
-    """A seed for in-kernel dropout, drawn from torch's CPU generator (so torch.manual_seed governs it)."""
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
-
-
 class FusedLayerNorm(nn.LayerNorm):
     """nn.LayerNorm (same parameters and state_dict) computing LayerNorm(dropout(x) + residual) in one op."""
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
         training = self.training and dropout_p > 0
-        return ops.fused_residual_layer_norm(x, residual, self.weight, self.bias, self.eps, dropout_p, training,
-                                             dropout_seed() if training else None)
+        # The seed (None) is drawn by the op from torch's generator, only when a Triton kernel needs one.
+        return ops.fused_residual_layer_norm(x, residual, self.weight, self.bias, self.eps, dropout_p, training)
 
 
 class LinearActivation(nn.Linear):

@@ -26,6 +26,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     if labels.shape != hidden.shape[:-1]:
         raise ValueError(f"labels have shape {tuple(labels.shape)}, expected {tuple(hidden.shape[:-1])}")
     flat_labels = labels.reshape(-1).long()
+    if torch.compiler.is_compiling():
+        # Selecting the labelled rows has a data-dependent size: a compiled graph projects every row and
+        # leaves the fusion to the compiler (no label range check either: it needs the host).
+        h = hidden.reshape(-1, hidden.shape[-1])
+        logits = F.linear(transform(h) if transform is not None else h, weight, bias).float()
+        return F.cross_entropy(logits, flat_labels, ignore_index=ignore_index)
     keep = flat_labels != ignore_index
     rows = keep.nonzero().squeeze(1)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)

@@ -125,7 +125,8 @@ def embedding_sum(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, 
         _check_ranges(*flat, word_weight, type_weight, position_weight)
         out = embedding_sum_ref(*flat, word_weight, type_weight, position_weight, padding_idx)
         return out.view(batch, seq, hidden)
-    _register_extension_fakes()
+    if not torch.compiler.is_compiling():  # (compiled graphs trace bertfast::embedding_sum's own fake)
+        _register_extension_fakes()
     pad = -1 if padding_idx is None else int(padding_idx) % word_weight.shape[0]
     out = _embedding_sum_op(*flat, word_weight.contiguous(), type_weight.contiguous(), position_weight.contiguous(), pad)
     return out.view(batch, seq, hidden)
