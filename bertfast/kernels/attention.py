@@ -250,7 +250,11 @@ def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, 
 
     batch, heads, seq, head_dim, flags, cfg, dummy = _common(q, mask, cu_seqlens, max_seqlen)
     out = torch.empty_like(q)
-    lse = torch.empty((batch * heads, max(seq, 1)), dtype=torch.float32, device=q.device)
+    lse_shape = (batch * heads, max(seq, 1))
+    if flags["VARLEN"]:  # rows past a sequence's length are never written: +inf (no key), not garbage
+        lse = torch.full(lse_shape, float("inf"), dtype=torch.float32, device=q.device)
+    else:
+        lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
     stride_h, stride_b, stride_s = _grid_args(q, flags["VARLEN"])
     o_stride_h, o_stride_b, o_stride_s = _grid_args(out, flags["VARLEN"])
     if batch * heads == 0 or seq == 0:
