@@ -1,0 +1,36 @@
+"""torch.autocast through bertfast: the same output dtypes as transformers under the same autocast (matmuls
+in bf16, LayerNorm statistics and outputs in fp32 as PyTorch's autocast runs layer_norm), parameters
+stay fp32, gradients flow; values within bf16 precision of transformers (2e-2: every matmul rounds its
+inputs to bf16, 8 bits of mantissa, in both)."""
+import pytest
+import torch
+
+import bertfast
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("backend_name", ["auto", "triton"])
+def test_cpu_bf16_autocast_matches_transformers(backend, backend_name):
+    backend(backend_name)
+    torch.manual_seed(0)
+    cfg = bertfast.BertConfig.tiny(vocab_size=100, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                                   attention_probs_dropout_prob=0.0)
+    hf_cfg = cfg.to_hf()
+    hf_cfg._attn_implementation = "eager"
+    hf = transformers.BertModel(hf_cfg)
+    bf = bertfast.BertModel(cfg)
+    bf.load_state_dict(hf.state_dict())
+    ids = torch.randint(1, 100, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 4:] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = hf(input_ids=ids, attention_mask=mask)
+        got = bf(input_ids=ids, attention_mask=mask)
+    assert got.last_hidden_state.dtype == want.last_hidden_state.dtype
+    assert got.pooler_output.dtype == want.pooler_output.dtype
+    real = mask.bool()
+    torch.testing.assert_close(got.last_hidden_state[real].float(), want.last_hidden_state[real].float(), atol=2e-2, rtol=2e-2)
+    got.last_hidden_state[real].float().sum().backward()
+    assert all(p.dtype == torch.float32 for p in bf.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in bf.parameters() if p.grad is not None)
