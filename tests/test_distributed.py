@@ -6,6 +6,7 @@ are averaged); the token-type table sums every token, where that order shows at 
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -28,7 +29,7 @@ def data():
 
 def loss_of(model, ids, mask):
     out = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    return (out * torch.linspace(-1, 1, 32)).sum() / 4  # a sum over the global batch of 4
+    return (out * torch.linspace(-1, 1, 32, device=out.device)).sum() / 4  # a sum over the global batch of 4
 
 
 def worker(rank, port, out_path):
@@ -108,3 +109,41 @@ def test_fsdp2_fully_shard_wraps_and_trains(tmp_path):
         assert p.exitcode == 0
     losses = torch.load(out_path)
     assert all(map(lambda x: x == x, losses)) and losses[-1] < losses[0] - 1.0, losses
+
+
+def nccl_worker(rank, port, out_path):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl", rank=rank, world_size=2)
+    torch.cuda.set_device(rank)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(
+        bertfast.BertModel(config(), add_pooling_layer=False).cuda(rank), device_ids=[rank])
+    ids, mask = data()
+    part = slice(2 * rank, 2 * rank + 2)
+    (loss_of(model, ids[part].cuda(rank), mask[part].cuda(rank)) * 2).backward()
+    if rank == 0:
+        torch.save({n: p.grad.cpu() for n, p in model.module.named_parameters() if p.grad is not None}, out_path)
+    dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+def test_ddp_nccl_matches_single_process(tmp_path):
+    """Run by the GPU check; it needs two GPUs, which the one-GPU machine does not have."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"DDP over NCCL needs 2 GPUs; this machine has {torch.cuda.device_count()}")
+    torch.manual_seed(0)
+    model = bertfast.BertModel(config(), add_pooling_layer=False).cuda()
+    ids, mask = data()
+    loss_of(model, ids.cuda(), mask.cuda()).backward()
+    want = {n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None}
+    ctx = mp.get_context("spawn")
+    port, out_path = free_port(), str(tmp_path / "grads.pt")
+    procs = [ctx.Process(target=nccl_worker, args=(rank, port, out_path)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    got = torch.load(out_path)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
