@@ -377,6 +377,25 @@ class BertModel(BertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
+    def _packed_embeddings(self, packed, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
+        """The embeddings of the real tokens only: [tokens, H]. Ids are gathered (after HF's defaults and
+        broadcasting) at the packed positions, so positions and segments are those of the padded layout."""
+        batch, seq = packed.batch, packed.seqlen
+        token_type_ids, position_ids = self.embeddings.default_ids(seq, token_type_ids, position_ids)
+        for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+            try:
+                torch.broadcast_shapes(t.shape, (batch, seq))
+            except RuntimeError:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, which does not broadcast to {(batch, seq)}") from None
+
+        def pack(t):  # [B, S, ...] or broadcastable ids -> [1, tokens, ...]
+            if t is None:
+                return None
+            t = t.expand(batch, seq, *t.shape[2:])
+            return t.reshape(batch * seq, *t.shape[2:]).index_select(0, packed.indices)[None]
+
+        return self.embeddings(pack(input_ids), pack(token_type_ids), pack(position_ids), pack(inputs_embeds))[0]
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 output_hidden_states=None, output_attentions=None, return_dict=None, **kwargs):
         if (input_ids is None) == (inputs_embeds is None):
@@ -398,20 +417,7 @@ class BertModel(BertPreTrainedModel):
         else:  # padding-free: pack the real tokens before the embeddings, pad back at the end
             packed = ops.unpad(None, key_mask)
             attn.cu_seqlens, attn.max_seqlen = packed.cu_seqlens, packed.max_seqlen
-            token_type_ids, position_ids = self.embeddings.default_ids(seq, token_type_ids, position_ids)
-
-            def pack(t):  # [B, S, ...] (or broadcastable ids) -> [1, tokens, ...]
-                if t is None:
-                    return None
-                t = t.expand(batch, seq, *t.shape[2:]) if t.dim() >= 2 else t
-                return t.reshape(batch * seq, *t.shape[2:]).index_select(0, packed.indices)[None]
-
-            for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
-                try:
-                    torch.broadcast_shapes(t.shape, (batch, seq))
-                except RuntimeError:
-                    raise ValueError(f"{name} has shape {tuple(t.shape)}, which does not broadcast to {(batch, seq)}") from None
-            hidden = self.embeddings(pack(input_ids), pack(token_type_ids), pack(position_ids), pack(inputs_embeds))[0]
+            hidden = self._packed_embeddings(packed, input_ids, token_type_ids, position_ids, inputs_embeds)
         sequence_output, all_hidden, all_probs = self.encoder(hidden, attn, output_hidden_states)
         if key_mask is not None:
             repad = lambda t: ops.pad(t, packed.indices, batch, seq)  # noqa: E731
