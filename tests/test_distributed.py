@@ -3,6 +3,7 @@ FSDP2 (fully_shard) wraps the model and trains.
 
 Tolerance 1e-4: the same fp32 sums taken in another order (each rank sums its half, then the halves
 are averaged); the token-type table sums every token, where that order shows at ~2e-5."""
+import functools
 import os
 import socket
 
@@ -32,17 +33,50 @@ def loss_of(model, ids, mask):
     return (out * torch.linspace(-1, 1, 32, device=out.device)).sum() / 4  # a sum over the global batch of 4
 
 
-def worker(rank, port, out_path):
+def ddp_worker(rank, port, out_path, backend="gloo"):
+    """Half of the batch on each of 2 ranks under DDP; rank 0 saves its (all-reduced) gradients."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group(backend, rank=rank, world_size=2)
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     torch.manual_seed(0)
-    model = torch.nn.parallel.DistributedDataParallel(bertfast.BertModel(config(), add_pooling_layer=False))
+    model = torch.nn.parallel.DistributedDataParallel(
+        bertfast.BertModel(config(), add_pooling_layer=False).to(device),
+        device_ids=[rank] if device.type == "cuda" else None)
     ids, mask = data()
     part = slice(2 * rank, 2 * rank + 2)
-    (loss_of(model, ids[part], mask[part]) * 2).backward()  # DDP averages over the 2 ranks
+    (loss_of(model, ids[part].to(device), mask[part].to(device)) * 2).backward()  # DDP averages over the 2 ranks
     if rank == 0:  # a file, not a queue: tensors in a queue die with the process that sent them
-        torch.save({n: p.grad.clone() for n, p in model.module.named_parameters() if p.grad is not None}, out_path)
+        torch.save({n: p.grad.cpu() for n, p in model.module.named_parameters() if p.grad is not None}, out_path)
     dist.destroy_process_group()
+
+
+def single_process_grads(device):
+    torch.manual_seed(0)
+    model = bertfast.BertModel(config(), add_pooling_layer=False).to(device)  # every parameter gets a gradient
+    ids, mask = data()
+    loss_of(model, ids.to(device), mask.to(device)).backward()
+    return {n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_grads(got, want):
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def run_two_processes(worker, out_path):
+    """worker(rank, port, out_path) in 2 spawned processes; what rank 0 saved to out_path."""
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=worker, args=(rank, port, str(out_path))) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    return torch.load(out_path)
 
 
 def free_port():
@@ -52,23 +86,7 @@ def free_port():
 
 
 def test_ddp_gloo_matches_single_process(tmp_path):
-    torch.manual_seed(0)
-    model = bertfast.BertModel(config(), add_pooling_layer=False)  # every parameter gets a gradient, as DDP needs
-    ids, mask = data()
-    loss_of(model, ids, mask).backward()
-    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    ctx = mp.get_context("spawn")
-    port, out_path = free_port(), str(tmp_path / "grads.pt")
-    procs = [ctx.Process(target=worker, args=(rank, port, out_path)) for rank in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
-    got = torch.load(out_path)
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert_same_grads(run_two_processes(ddp_worker, tmp_path / "grads.pt"), single_process_grads("cpu"))
 
 
 def fsdp_worker(rank, port, out_path):
@@ -99,31 +117,8 @@ def fsdp_worker(rank, port, out_path):
 
 def test_fsdp2_fully_shard_wraps_and_trains(tmp_path):
     """FSDP2 (fully_shard per layer and on the whole MLM model, gloo, 2 processes): trains, loss falls."""
-    ctx = mp.get_context("spawn")
-    port, out_path = free_port(), str(tmp_path / "losses.pt")
-    procs = [ctx.Process(target=fsdp_worker, args=(rank, port, out_path)) for rank in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
-    losses = torch.load(out_path)
+    losses = run_two_processes(fsdp_worker, tmp_path / "losses.pt")
     assert all(map(lambda x: x == x, losses)) and losses[-1] < losses[0] - 1.0, losses
-
-
-def nccl_worker(rank, port, out_path):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("nccl", rank=rank, world_size=2)
-    torch.cuda.set_device(rank)
-    torch.manual_seed(0)
-    model = torch.nn.parallel.DistributedDataParallel(
-        bertfast.BertModel(config(), add_pooling_layer=False).cuda(rank), device_ids=[rank])
-    ids, mask = data()
-    part = slice(2 * rank, 2 * rank + 2)
-    (loss_of(model, ids[part].cuda(rank), mask[part].cuda(rank)) * 2).backward()
-    if rank == 0:
-        torch.save({n: p.grad.cpu() for n, p in model.module.named_parameters() if p.grad is not None}, out_path)
-    dist.destroy_process_group()
 
 
 @pytest.mark.gpu
@@ -131,19 +126,5 @@ def test_ddp_nccl_matches_single_process(tmp_path):
     """Run by the GPU check; it needs two GPUs, which the one-GPU machine does not have."""
     if torch.cuda.device_count() < 2:
         pytest.skip(f"DDP over NCCL needs 2 GPUs; this machine has {torch.cuda.device_count()}")
-    torch.manual_seed(0)
-    model = bertfast.BertModel(config(), add_pooling_layer=False).cuda()
-    ids, mask = data()
-    loss_of(model, ids.cuda(), mask.cuda()).backward()
-    want = {n: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None}
-    ctx = mp.get_context("spawn")
-    port, out_path = free_port(), str(tmp_path / "grads.pt")
-    procs = [ctx.Process(target=nccl_worker, args=(rank, port, out_path)) for rank in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
-    got = torch.load(out_path)
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    got = run_two_processes(functools.partial(ddp_worker, backend="nccl"), tmp_path / "grads.pt")
+    assert_same_grads(got, single_process_grads("cuda"))

@@ -40,6 +40,31 @@ def _dot(a, b, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _head_base(b, start, h, stride_b, stride_s, stride_h):
+    """Offset of token 0 of sequence b, head h."""
+    return b.to(tl.int64) * stride_b + start.to(tl.int64) * stride_s + h * stride_h
+
+
+@triton.jit
+def _load_tile(PTR, base, idx, ok, stride_s, dims):
+    """Rows idx (masked by ok) of one head: [len(idx), HEAD_DIM]."""
+    return tl.load(PTR + base + idx[:, None] * stride_s + dims[None, :], mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def _store_tile(PTR, base, idx, ok, stride_s, dims, value):
+    tl.store(PTR + base + idx[:, None] * stride_s + dims[None, :], value.to(PTR.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, bh, S, rows, row_ok):
+    """The forward's log-sum-exp (+inf past the end: p = 0) and delta = rowsum(dO * O) of these rows."""
+    lse = tl.load(LSE + bh.to(tl.int64) * S + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + bh.to(tl.int64) * S + rows, mask=row_ok, other=0.0)
+    return lse, delta
+
+
+@triton.jit
 def _keep_mask(seed, bh, rows, cols, S, p):
     offsets = (bh * S + rows[:, None]) * S + cols[None, :]
     return tl.rand(seed, offsets.to(tl.int32)) >= p
@@ -68,9 +93,9 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, p, seed,
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, HEAD_DIM)
     if pid_m * BLOCK_M < seqlen:
-        base = b.to(tl.int64) * stride_b + start.to(tl.int64) * stride_s + h * stride_h
+        base = _head_base(b, start, h, stride_b, stride_s, stride_h)
         row_ok = rows < seqlen
-        q = tl.load(Q + base + rows[:, None] * stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
+        q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
         qk_scale = sm_scale * LOG2E
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
@@ -78,8 +103,8 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, p, seed,
         for start_n in range(0, seqlen, BLOCK_N):
             cols = start_n + tl.arange(0, BLOCK_N)
             col_ok = cols < seqlen
-            k = tl.load(K + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
-            v = tl.load(V + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
+            k = _load_tile(K, base, cols, col_ok, stride_s, dims)
+            v = _load_tile(V, base, cols, col_ok, stride_s, dims)
             qk = _dot(q, tl.trans(k), DOT_FP32, IEEE) * qk_scale
             valid = _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
             qk = tl.where(valid[None, :], qk, float("-inf"))
@@ -96,8 +121,8 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, p, seed,
         has_key = l_i > 0.0
         out = acc / tl.where(has_key, l_i, 1.0)[:, None]
         out = tl.where(has_key[:, None], out, 0.0)
-        o_base = b.to(tl.int64) * o_stride_b + start.to(tl.int64) * o_stride_s + h * o_stride_h
-        tl.store(O + o_base + rows[:, None] * o_stride_s + dims[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
+        _store_tile(O, o_base, rows, row_ok, o_stride_s, dims, out)
         lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("inf"))
         tl.store(LSE + bh.to(tl.int64) * S + rows, lse, mask=row_ok)
 
@@ -114,10 +139,9 @@ def attention_bwd_preprocess_kernel(O, DO, DELTA, CU, o_stride_b, o_stride_s, o_
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, HEAD_DIM)
     row_ok = rows < seqlen
-    base = b.to(tl.int64) * o_stride_b + start.to(tl.int64) * o_stride_s + h * o_stride_h
-    offs = base + rows[:, None] * o_stride_s + dims[None, :]
-    o = tl.load(O + offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
+    o = _load_tile(O, base, rows, row_ok, o_stride_s, dims).to(tl.float32)
+    do = _load_tile(DO, base, rows, row_ok, o_stride_s, dims).to(tl.float32)
     tl.store(DELTA + bh.to(tl.int64) * S + rows, tl.sum(o * do, 1), mask=row_ok)
 
 
@@ -146,10 +170,10 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, HEAD_DIM)
         col_ok = cols < seqlen
-        base = b.to(tl.int64) * stride_b + start.to(tl.int64) * stride_s + h * stride_h
-        o_base = b.to(tl.int64) * o_stride_b + start.to(tl.int64) * o_stride_s + h * o_stride_h
-        k = tl.load(K + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
+        base = _head_base(b, start, h, stride_b, stride_s, stride_h)
+        o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
+        k = _load_tile(K, base, cols, col_ok, stride_s, dims)
+        v = _load_tile(V, base, cols, col_ok, stride_s, dims)
         valid = _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
         qk_scale = sm_scale * LOG2E
         dk = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
@@ -157,10 +181,9 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
         for start_m in range(0, seqlen, BLOCK_M):
             rows = start_m + tl.arange(0, BLOCK_M)
             row_ok = rows < seqlen
-            q = tl.load(Q + base + rows[:, None] * stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(DO + o_base + rows[:, None] * o_stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
-            lse = tl.load(LSE + bh.to(tl.int64) * S + rows, mask=row_ok, other=float("inf"))
-            delta = tl.load(DELTA + bh.to(tl.int64) * S + rows, mask=row_ok, other=0.0)
+            q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
+            do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
+            lse, delta = _row_stats(LSE, DELTA, bh, S, rows, row_ok)
             prob = _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32, IEEE)   # [BLOCK_M, BLOCK_N]
             dp = _dot(do, tl.trans(v), DOT_FP32, IEEE)                          # dO Vᵀ
             if HAS_DROPOUT:
@@ -173,8 +196,8 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
             ds = prob * (dp - delta[:, None])
             dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32, IEEE)
         dk = dk * sm_scale
-        tl.store(DK + base + cols[:, None] * stride_s + dims[None, :], dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
-        tl.store(DV + base + cols[:, None] * stride_s + dims[None, :], dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+        _store_tile(DK, base, cols, col_ok, stride_s, dims, dk)
+        _store_tile(DV, base, cols, col_ok, stride_s, dims, dv)
 
 
 @triton.jit
@@ -194,19 +217,18 @@ def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, p, 
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, HEAD_DIM)
         row_ok = rows < seqlen
-        base = b.to(tl.int64) * stride_b + start.to(tl.int64) * stride_s + h * stride_h
-        o_base = b.to(tl.int64) * o_stride_b + start.to(tl.int64) * o_stride_s + h * o_stride_h
-        q = tl.load(Q + base + rows[:, None] * stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + o_base + rows[:, None] * o_stride_s + dims[None, :], mask=row_ok[:, None], other=0.0)
-        lse = tl.load(LSE + bh.to(tl.int64) * S + rows, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + bh.to(tl.int64) * S + rows, mask=row_ok, other=0.0)
+        base = _head_base(b, start, h, stride_b, stride_s, stride_h)
+        o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
+        q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
+        do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
+        lse, delta = _row_stats(LSE, DELTA, bh, S, rows, row_ok)
         qk_scale = sm_scale * LOG2E
         dq = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
         for start_n in range(0, seqlen, BLOCK_N):
             cols = start_n + tl.arange(0, BLOCK_N)
             col_ok = cols < seqlen
-            k = tl.load(K + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
-            v = tl.load(V + base + cols[:, None] * stride_s + dims[None, :], mask=col_ok[:, None], other=0.0)
+            k = _load_tile(K, base, cols, col_ok, stride_s, dims)
+            v = _load_tile(V, base, cols, col_ok, stride_s, dims)
             valid = _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
             prob = _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32, IEEE)
             dp = _dot(do, tl.trans(v), DOT_FP32, IEEE)
@@ -216,7 +238,7 @@ def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, p, 
             ds = prob * (dp - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, DOT_FP32, IEEE)
         dq = dq * sm_scale
-        tl.store(DQ + base + rows[:, None] * stride_s + dims[None, :], dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+        _store_tile(DQ, base, rows, row_ok, stride_s, dims, dq)
 
 
 def _grid_args(q, varlen: bool):

@@ -8,6 +8,7 @@ On CUDA with torch.use_deterministic_algorithms(True) the backward sums each row
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, INDEX_DTYPES, check_ids_in_range, check_same_device, check_tensor
@@ -133,11 +134,17 @@ def embedding_sum(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, 
 
 
 def _embeds_plus_positions(inputs_embeds, token_type_ids, position_ids, word_weight, type_weight, position_weight):
+    """inputs_embeds + type[token_type_ids] + position[position_ids] (the user brought the word vectors)."""
     check_tensor("inputs_embeds", inputs_embeds, dtypes=FLOAT_DTYPES, dim=3)
     batch, seq, hidden = inputs_embeds.shape
     if hidden != word_weight.shape[1]:
         raise ValueError(f"inputs_embeds has hidden size {hidden}, the embedding tables {word_weight.shape[1]}")
-    ids = torch.zeros(batch, seq, dtype=torch.long, device=inputs_embeds.device)
-    # The word table is only a placeholder here: a one-row zero table keeps one code path for the rest.
-    zero_word = word_weight.new_zeros(1, hidden)
-    return inputs_embeds + embedding_sum(ids, token_type_ids, position_ids, zero_word, type_weight, position_weight)
+    if token_type_ids is None:
+        token_type_ids = torch.zeros(1, 1, dtype=torch.long, device=inputs_embeds.device)
+    if position_ids is None:
+        position_ids = torch.arange(seq, device=inputs_embeds.device)[None]
+    check_same_device(inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, position_ids=position_ids,
+                      type_weight=type_weight, position_weight=position_weight)
+    tt, pos = (t.expand(batch, seq) for t in (token_type_ids, position_ids))
+    check_ids_in_range([("token_type_ids", tt, type_weight.shape[0]), ("position_ids", pos, position_weight.shape[0])])
+    return inputs_embeds + F.embedding(tt, type_weight) + F.embedding(pos, position_weight)

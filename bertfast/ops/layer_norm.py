@@ -62,9 +62,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, _dmean, _drstd):
     x, residual, weight, mean, rstd = ctx.saved_tensors
+    from bertfast.kernels.layer_norm import needs_separate_dx
+
     dh, dx, dw, db = _layer_norm_backward_op(dy, x, residual, weight, mean, rstd, ctx.p, ctx.seed)
-    if dx.numel() == 0 and dh.numel() != 0:
-        dx = dh
+    if not needs_separate_dx(x, residual, ctx.p):
+        dx = dh  # the op returned an empty placeholder (outputs may not alias)
     w_dtype, b_dtype = ctx.param_dtypes
     return (dx, dh if residual is not None else None, dw.to(w_dtype) if w_dtype else None,
             db.to(b_dtype) if b_dtype else None, None, None, None)
