@@ -49,6 +49,7 @@ def ddp_worker(rank, port, out_path, backend="gloo"):
     (loss_of(model, ids[part].to(device), mask[part].to(device)) * 2).backward()  # DDP averages over the 2 ranks
     if rank == 0:  # a file, not a queue: tensors in a queue die with the process that sent them
         torch.save({n: p.grad.cpu() for n, p in model.module.named_parameters() if p.grad is not None}, out_path)
+    dist.barrier()  # both ranks done before either tears the group down (else gloo may abort the peer)
     dist.destroy_process_group()
 
 
@@ -112,6 +113,7 @@ def fsdp_worker(rank, port, out_path):
         losses.append(loss.item())
     if rank == 0:
         torch.save(losses, out_path)
+    dist.barrier()  # both ranks done before either tears the group down (else gloo may abort the peer)
     dist.destroy_process_group()
 
 
