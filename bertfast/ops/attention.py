@@ -104,6 +104,15 @@ def _canonical_padded(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def _run_attention(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
+    """The forward kernel, through the custom op unless nothing needs it (see _backend.direct_call)."""
+    if _backend.direct_call(q, k, v):
+        from bertfast.kernels.attention import attention_forward
+
+        return attention_forward(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
+    return _attention_op(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
+
+
 # Public ops -----------------------------------------------------------------------------------------
 def _check_qkv(q, k, v, dims):
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -141,7 +150,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention
     _check_dropout_counter(p, batch * heads, seq)
     q, k, v = (_canonical_padded(t) for t in (q, k, v))
     mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else None
-    out, _ = _attention_op(q, k, v, mask, None, seq, scale, p, _seed(p, seed))
+    out, _ = _run_attention(q, k, v, mask, None, seq, scale, p, _seed(p, seed))
     return out
 
 
@@ -175,7 +184,7 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
         return _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p)
     _check_dropout_counter(p, (cu_seqlens.shape[0] - 1) * q.shape[1], max_seqlen)
     q, k, v = (t.contiguous() for t in (q, k, v))
-    out, _ = _attention_op(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, _seed(p, seed))
+    out, _ = _run_attention(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, _seed(p, seed))
     return out
 
 

@@ -115,6 +115,12 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     flat = x.reshape(-1, hidden).contiguous()
     res = residual.reshape(-1, hidden).contiguous() if residual is not None else None
-    y, _, _ = _layer_norm_op(flat, res, weight.contiguous() if weight is not None else None,
-                             bias.contiguous() if bias is not None else None, float(eps), p, int(seed or 0))
+    args = (flat, res, weight.contiguous() if weight is not None else None,
+            bias.contiguous() if bias is not None else None, float(eps), p, int(seed or 0))
+    if _backend.direct_call(*args[:4]):
+        from bertfast.kernels.layer_norm import residual_layer_norm_forward
+
+        y, _, _ = residual_layer_norm_forward(*args)
+    else:
+        y, _, _ = _layer_norm_op(*args)
     return y.view(x.shape)
