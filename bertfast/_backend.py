@@ -79,20 +79,3 @@ def cuda_stream(t: torch.Tensor) -> int:
         return 0
     return torch.cuda.current_stream(t.device).cuda_stream
 
-
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-
-
-def direct_call(*tensors) -> bool:
-    """Whether an op may call its Triton kernel directly instead of through its torch custom op: in eager
-    mode, on plain tensors (no fake, functional or other subclass tensors), with nothing for autograd to
-    record, as in inference. The custom op's dispatch is host time spent on every call (about 20 us of the
-    40 us a fused op's wrapper takes on the CI CPU, kernel excluded); the kernel and its result are the
-    same either way. Training and torch.compile always go through the custom op."""
-    if torch.compiler.is_compiling():
-        return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is not None and (type(t) not in _PLAIN_TENSORS or (grad and t.requires_grad)):
-            return False
-    return True

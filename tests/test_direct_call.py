@@ -1,14 +1,20 @@
-"""The fused ops call their Triton kernel directly (skipping the custom op's dispatch) only when nothing
-needs the custom op: eager mode, plain tensors, no autograd to record. The result is the same either way,
-bit for bit (the same kernel runs on the same inputs). Under TRITON_INTERPRET=1 on CPU tensors."""
+"""Eager calls of the fused ops skip the custom op's dispatch (bertfast/ops/_custom.py): a direct call
+when autograd has nothing to record, an autograd.Function otherwise; the custom op under torch.compile
+and for tensor subclasses. Every path runs the same kernel on the same inputs, so outputs and gradients
+are equal bit for bit. Under TRITON_INTERPRET=1 on CPU tensors (the embedding sum: the C++ extension)."""
+import importlib
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bertfast import _backend, ops
+from bertfast.ops import _custom
 from bertfast.ops import attention as attention_mod
 from bertfast.ops import bias_gelu as bias_gelu_mod
 from bertfast.ops import layer_norm as layer_norm_mod
+
+embedding_mod = importlib.import_module("bertfast.ops.embedding_sum")  # (ops.embedding_sum is the function)
 
 
 @pytest.fixture(autouse=True)
@@ -16,64 +22,97 @@ def triton_backend(backend):
     backend("triton")
 
 
-def counting(monkeypatch, module, name):
-    """Wrap module.name (a custom op) so that its calls are counted."""
-    calls = []
-    op = getattr(module, name)
-
-    def wrapper(*args):
-        calls.append(1)
-        return op(*args)
-
-    monkeypatch.setattr(module, name, wrapper)
-    return calls
-
-
-def inputs():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 32, generator=g)
-    return x, torch.randn(32, generator=g), torch.randn(2, 5, 32, generator=g)
-
-
-def test_direct_call_rules():
+def test_route_rules():
     x = torch.randn(3)
     w = torch.nn.Parameter(torch.randn(3))
-    assert _backend.direct_call(x, None)
-    assert not _backend.direct_call(x, w)  # autograd records w
+    assert _custom.route((x, None, 1.0, "none")) == "impl"
+    assert _custom.route((x, w)) == "function"  # autograd records w
     with torch.no_grad():
-        assert _backend.direct_call(x, w)
+        assert _custom.route((x, w)) == "impl"
     with torch.inference_mode():
-        assert _backend.direct_call(torch.randn(3), w)
+        assert _custom.route((torch.randn(3), w)) == "impl"
     with FakeTensorMode():
         fake = torch.empty(3)
-    assert not _backend.direct_call(fake)
+    assert _custom.route((x, fake)) == "op"
 
     def traced(t):
-        return t + int(_backend.direct_call(t))
+        return t + len(_custom.route((t,)))
 
     torch._dynamo.reset()
-    assert torch.equal(torch.compile(traced, fullgraph=True, backend="eager")(x), x)  # compiling: the custom op
+    assert torch.equal(torch.compile(traced, fullgraph=True, backend="eager")(x), x + 2)  # compiling: "op"
 
 
-@pytest.mark.parametrize("op", ["bias_gelu", "layer_norm", "attention", "attention_varlen"])
-def test_no_grad_skips_the_custom_op_and_matches_it(monkeypatch, op):
-    x, b, r = inputs()
-    q = torch.randn(2, 2, 17, 32, generator=torch.Generator().manual_seed(1))
+class Paths:
+    """Counts which path each call of a FusedOp took."""
+
+    def __init__(self, monkeypatch, fused):
+        self.calls = []
+        for attr in ("impl", "op", "function"):
+            inner = getattr(fused, attr)
+            if inner is None:  # a backward op has no autograd of its own
+                continue
+            if attr == "function":
+                monkeypatch.setattr(fused, attr, type("Counted", (), {"apply": self._counted("function", inner.apply)}))
+            else:
+                monkeypatch.setattr(fused, attr, self._counted(attr, inner))
+
+    def _counted(self, name, fn):
+        def call(*args):
+            self.calls.append(name)
+            return fn(*args)
+        return call
+
+    def take(self):
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def case(name):
+    g = torch.Generator().manual_seed(0)
+    x, b, r = torch.randn(2, 5, 32, generator=g), torch.randn(32, generator=g), torch.randn(2, 5, 32, generator=g)
+    q = torch.randn(2, 2, 17, 32, generator=g)
     mask = (torch.arange(17)[None] < torch.tensor([[17], [9]])).long()
     cu = torch.tensor([0, 17, 26], dtype=torch.int32)
-    packed = q.transpose(1, 2).reshape(34, 2, 32)[:26]
-    module, name, run = {
-        "bias_gelu": (bias_gelu_mod, "_bias_gelu_op", lambda t: ops.fused_bias_gelu(t, b)),
-        "layer_norm": (layer_norm_mod, "_layer_norm_op", lambda t: ops.fused_residual_layer_norm(t, r, b, b)),
-        "attention": (attention_mod, "_attention_op", lambda t: ops.fused_attention(t, t, t, mask)),
-        "attention_varlen": (attention_mod, "_attention_op",
-                             lambda t: ops.fused_attention_varlen(t, t, t, cu, 17)),
-    }[op]
-    t = {"bias_gelu": x, "layer_norm": x, "attention": q, "attention_varlen": packed}[op]
-    calls = counting(monkeypatch, module, name)
+    packed = q.transpose(1, 2).reshape(34, 2, 32)[:26].contiguous()
+    ids = torch.randint(0, 50, (2, 5), generator=g)
+    tables = [torch.randn(50, 32, generator=g), torch.randn(2, 32, generator=g), torch.randn(8, 32, generator=g)]
+    return {
+        "bias_gelu": (bias_gelu_mod._bias_gelu, bias_gelu_mod._bias_gelu_backward, [x, b],
+                      lambda t, b: ops.fused_bias_gelu(t, b)),
+        "layer_norm": (layer_norm_mod._layer_norm, layer_norm_mod._layer_norm_backward, [x, r, b],
+                       lambda t, r, b: ops.fused_residual_layer_norm(t, r, b, b)),
+        "attention": (attention_mod._attention, attention_mod._attention_backward, [q, q * 0.5, q.flip(0)],
+                      lambda q, k, v: ops.fused_attention(q, k, v, mask)),
+        "attention_varlen": (attention_mod._attention, attention_mod._attention_backward,
+                             [packed, packed * 0.5, packed.flip(0)],
+                             lambda q, k, v: ops.fused_attention_varlen(q, k, v, cu, 17)),
+        "embedding_sum": (embedding_mod._embedding_sum, embedding_mod._table_backward, tables,
+                          lambda w, t, p: ops.embedding_sum(ids, None, None, w, t, p, padding_idx=0)),
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["bias_gelu", "layer_norm", "attention", "attention_varlen", "embedding_sum"])
+def test_every_path_gives_the_same_result(monkeypatch, name):
+    fused, fused_backward, inputs, run = case(name)
+    fwd, bwd = Paths(monkeypatch, fused), Paths(monkeypatch, fused_backward)
+
     with torch.no_grad():
-        direct = run(t)
-    assert calls == []
-    through_op = run(t.clone().requires_grad_())
-    assert calls == [1]
-    assert torch.equal(direct, through_op.detach())
+        direct = run(*inputs)
+    assert fwd.take() == ["impl"]
+
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    eager = run(*leaves)
+    assert fwd.take() == ["function"]
+    dy = torch.randn_like(eager)
+    eager_grads = torch.autograd.grad(eager, leaves, dy)
+    assert set(bwd.take()) == {"impl"}  # the backward runs without grad mode: direct calls
+
+    monkeypatch.setattr(_custom, "route", lambda args: "op")  # as under torch.compile
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    through_op = run(*leaves)
+    op_grads = torch.autograd.grad(through_op, leaves, dy)
+    assert fwd.take() == ["op"] and set(bwd.take()) == {"op"}
+
+    assert torch.equal(direct, eager.detach()) and torch.equal(direct, through_op.detach())
+    for a, b in zip(eager_grads, op_grads):
+        assert torch.equal(a, b)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, check_probability, check_same_device, check_tensor
+from bertfast.ops._custom import FusedOp
 
 
 def check_attention_mask(attention_mask: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
@@ -39,8 +40,7 @@ def check_attention_mask(attention_mask: torch.Tensor, batch: int, seq: int) -> 
 
 
 # Custom ops ----------------------------------------------------------------------------------------
-@torch.library.custom_op("bertfast::attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
+def _forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
                   cu_seqlens: torch.Tensor | None, max_seqlen: int, scale: float, p: float,
                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     from bertfast.kernels.attention import attention_forward
@@ -48,8 +48,7 @@ def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: t
     return attention_forward(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
 
 
-@_attention_op.register_fake
-def _(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
+def _forward_fake(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
     if cu_seqlens is not None:
         rows, seq = (cu_seqlens.shape[0] - 1) * q.shape[1], max_seqlen
     else:
@@ -57,18 +56,16 @@ def _(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
     return torch.empty_like(q), q.new_empty((rows, max(seq, 1)), dtype=torch.float32)
 
 
-@torch.library.custom_op("bertfast::attention_backward", mutates_args=())
-def _attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                           lse: torch.Tensor, key_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-                           max_seqlen: int, scale: float, p: float,
-                           seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                   lse: torch.Tensor, key_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                   max_seqlen: int, scale: float, p: float,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from bertfast.kernels.attention import attention_backward
 
     return attention_backward(_like(do, out), q, k, v, out, lse, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
 
 
-@_attention_backward_op.register_fake
-def _(do, q, k, v, out, lse, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
+def _backward_fake(do, q, k, v, out, lse, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -81,11 +78,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dlse):
     q, k, v, out, lse, key_mask, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = _attention_backward_op(dout, q, k, v, out, lse, key_mask, cu_seqlens, *ctx.args)
+    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, key_mask, cu_seqlens, *ctx.args)
     return dq, dk, dv, None, None, None, None, None, None
 
 
-_attention_op.register_autograd(_backward, setup_context=_setup_context)
+_attention_backward = FusedOp("bertfast::attention_backward", _backward_impl, _backward_fake)
+_attention = FusedOp("bertfast::attention", _forward_impl, _forward_fake, _setup_context, _backward)
 
 
 def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -102,15 +100,6 @@ def _canonical_padded(t: torch.Tensor) -> torch.Tensor:
     if t.stride(3) == 1 and t.stride(1) == d and t.stride(2) == h * d and t.stride(0) == s * h * d:
         return t
     return t.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-def _run_attention(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
-    """The forward kernel, through the custom op unless nothing needs it (see _backend.direct_call)."""
-    if _backend.direct_call(q, k, v):
-        from bertfast.kernels.attention import attention_forward
-
-        return attention_forward(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
-    return _attention_op(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
 
 
 # Public ops -----------------------------------------------------------------------------------------
@@ -150,7 +139,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention
     _check_dropout_counter(p, batch * heads, seq)
     q, k, v = (_canonical_padded(t) for t in (q, k, v))
     mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else None
-    out, _ = _run_attention(q, k, v, mask, None, seq, scale, p, _seed(p, seed))
+    out, _ = _attention(q, k, v, mask, None, seq, scale, p, _seed(p, seed))
     return out
 
 
@@ -184,7 +173,7 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
         return _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p)
     _check_dropout_counter(p, (cu_seqlens.shape[0] - 1) * q.shape[1], max_seqlen)
     q, k, v = (t.contiguous() for t in (q, k, v))
-    out, _ = _run_attention(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, _seed(p, seed))
+    out, _ = _attention(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, _seed(p, seed))
     return out
 
 

@@ -2,7 +2,8 @@
 
 Triton on CUDA (and under the interpreter with BERTFAST_BACKEND=triton), the torch reference elsewhere.
 Registered as the custom op bertfast::bias_gelu (autograd through bertfast::bias_gelu_backward), so
-torch.compile traces it as one node. The backward recomputes x + bias rather than storing it.
+torch.compile traces it as one node (eager calls skip its dispatch: see ops/_custom.py). The backward
+recomputes x + bias rather than storing it.
 """
 from __future__ import annotations
 
@@ -10,34 +11,23 @@ import torch
 
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, check_same_device, check_tensor
+from bertfast.ops._custom import FusedOp
 from bertfast.reference import bias_gelu_ref
 
 APPROXIMATIONS = ("none", "tanh")
 
 
-@torch.library.custom_op("bertfast::bias_gelu", mutates_args=())
-def _bias_gelu_op(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+def _forward_impl(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
     from bertfast.kernels.bias_gelu import bias_gelu_forward
 
     return bias_gelu_forward(x, bias, approximate)
 
 
-@_bias_gelu_op.register_fake
-def _(x, bias, approximate):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("bertfast::bias_gelu_backward", mutates_args=())
-def _bias_gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
-                           approximate: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _backward_impl(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor,
+                   approximate: str) -> tuple[torch.Tensor, torch.Tensor]:
     from bertfast.kernels.bias_gelu import bias_gelu_backward
 
     return bias_gelu_backward(dy.contiguous(), x, bias, approximate)
-
-
-@_bias_gelu_backward_op.register_fake
-def _(dy, x, bias, approximate):
-    return torch.empty_like(x), torch.empty_like(bias)
 
 
 def _setup_context(ctx, inputs, output):
@@ -48,11 +38,14 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy):
     x, bias = ctx.saved_tensors
-    dx, dbias = _bias_gelu_backward_op(dy, x, bias, ctx.approximate)
+    dx, dbias = _bias_gelu_backward(dy, x, bias, ctx.approximate)
     return dx, dbias, None
 
 
-_bias_gelu_op.register_autograd(_backward, setup_context=_setup_context)
+_bias_gelu_backward = FusedOp("bertfast::bias_gelu_backward", _backward_impl,
+                              lambda dy, x, bias, approximate: (torch.empty_like(x), torch.empty_like(bias)))
+_bias_gelu = FusedOp("bertfast::bias_gelu", _forward_impl, lambda x, bias, approximate: torch.empty_like(x),
+                     _setup_context, _backward)
 
 
 def fused_bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -69,9 +62,4 @@ def fused_bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "non
         return bias_gelu_ref(x, bias, approximate).to(x.dtype)
     if x.numel() == 0:
         return torch.empty_like(x)
-    x2d, bias = x.reshape(-1, x.shape[-1]).contiguous(), bias.contiguous()
-    if _backend.direct_call(x2d, bias):
-        from bertfast.kernels.bias_gelu import bias_gelu_forward
-
-        return bias_gelu_forward(x2d, bias, approximate).view(x.shape)
-    return _bias_gelu_op(x2d, bias, approximate).view(x.shape)
+    return _bias_gelu(x.reshape(-1, x.shape[-1]).contiguous(), bias.contiguous(), approximate).view(x.shape)

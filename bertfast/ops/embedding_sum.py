@@ -12,36 +12,29 @@ import torch.nn.functional as F
 
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, INDEX_DTYPES, check_ids_in_range, check_same_device, check_tensor
+from bertfast.ops._custom import FusedOp
 from bertfast.reference import embedding_sum_ref
 
 
-@torch.library.custom_op("bertfast::embedding_sum", mutates_args=())
-def _embedding_sum_op(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
-                      word_weight: torch.Tensor, type_weight: torch.Tensor, position_weight: torch.Tensor,
-                      padding_idx: int) -> torch.Tensor:
+def _forward_impl(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
+                  word_weight: torch.Tensor, type_weight: torch.Tensor, position_weight: torch.Tensor,
+                  padding_idx: int) -> torch.Tensor:
     # Ids are flat, contiguous int64 [tokens]; range checked here too, so compiled graphs keep the check.
     _check_ranges(input_ids, token_type_ids, position_ids, word_weight, type_weight, position_weight)
     return torch.ops.bertfast_C.embedding_sum_forward(input_ids, token_type_ids, position_ids, word_weight,
                                                       type_weight, position_weight, _backend.cuda_stream(word_weight))
 
 
-@_embedding_sum_op.register_fake
-def _(input_ids, token_type_ids, position_ids, word_weight, type_weight, position_weight, padding_idx):
+def _forward_fake(input_ids, token_type_ids, position_ids, word_weight, type_weight, position_weight, padding_idx):
     return word_weight.new_empty((input_ids.shape[0], word_weight.shape[1]))
 
 
-@torch.library.custom_op("bertfast::embedding_table_backward", mutates_args=())
-def _table_backward_op(grad: torch.Tensor, ids: torch.Tensor, num_rows: int, padding_idx: int) -> torch.Tensor:
+def _table_backward_impl(grad: torch.Tensor, ids: torch.Tensor, num_rows: int, padding_idx: int) -> torch.Tensor:
     order = None
     if grad.is_cuda and torch.are_deterministic_algorithms_enabled():
         order = torch.argsort(ids, stable=True)
     return torch.ops.bertfast_C.embedding_table_backward(grad, ids, order, num_rows, padding_idx,
                                                          _backend.cuda_stream(grad))
-
-
-@_table_backward_op.register_fake
-def _(grad, ids, num_rows, padding_idx):
-    return grad.new_empty((num_rows, grad.shape[1]), dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
@@ -59,11 +52,14 @@ def _backward(ctx, grad):
     for i, (table_ids, rows, dtype) in enumerate(zip(ids, ctx.rows, ctx.dtypes)):
         if ctx.needs_input_grad[3 + i]:
             pad = ctx.padding_idx if i == 0 else -1
-            grads[3 + i] = _table_backward_op(grad, table_ids, rows, pad).to(dtype)
+            grads[3 + i] = _table_backward(grad, table_ids, rows, pad).to(dtype)
     return tuple(grads)
 
 
-_embedding_sum_op.register_autograd(_backward, setup_context=_setup_context)
+_table_backward = FusedOp("bertfast::embedding_table_backward", _table_backward_impl,
+                          lambda grad, ids, num_rows, padding_idx:
+                          grad.new_empty((num_rows, grad.shape[1]), dtype=torch.float32))
+_embedding_sum = FusedOp("bertfast::embedding_sum", _forward_impl, _forward_fake, _setup_context, _backward)
 
 # Fake (meta) kernels of the raw extension ops, so they can be traced directly too.
 _C_FAKES_REGISTERED = False
@@ -129,7 +125,7 @@ def embedding_sum(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, 
     if not torch.compiler.is_compiling():  # (compiled graphs trace bertfast::embedding_sum's own fake)
         _register_extension_fakes()
     pad = -1 if padding_idx is None else int(padding_idx) % word_weight.shape[0]
-    out = _embedding_sum_op(*flat, word_weight.contiguous(), type_weight.contiguous(), position_weight.contiguous(), pad)
+    out = _embedding_sum(*flat, word_weight.contiguous(), type_weight.contiguous(), position_weight.contiguous(), pad)
     return out.view(batch, seq, hidden)
 
 

@@ -4,7 +4,8 @@ residual=None makes it a plain LayerNorm (the embeddings use it so). Statistics 
 output has the dtype of x + residual (a bf16 x with an fp32 residual, as under autocast, gives fp32;
 fp32 weights with bf16/fp16 activations are fine). Dropout is drawn in the
 kernel from `seed` with a counter-based generator and regenerated in the backward (no stored mask).
-Registered as the custom op bertfast::residual_layer_norm, autograd through ..._backward.
+Registered as the custom op bertfast::residual_layer_norm, autograd through ..._backward (eager calls
+skip its dispatch: see ops/_custom.py).
 """
 from __future__ import annotations
 
@@ -13,28 +14,26 @@ import torch.nn.functional as F
 
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, check_probability, check_same_device, check_tensor
+from bertfast.ops._custom import FusedOp
 
 
-@torch.library.custom_op("bertfast::residual_layer_norm", mutates_args=())
-def _layer_norm_op(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
-                   bias: torch.Tensor | None, eps: float, p: float,
-                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward_impl(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
+                  bias: torch.Tensor | None, eps: float, p: float,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from bertfast.kernels.layer_norm import residual_layer_norm_forward
 
     return residual_layer_norm_forward(x, residual, weight, bias, eps, p, seed)
 
 
-@_layer_norm_op.register_fake
-def _(x, residual, weight, bias, eps, p, seed):
+def _forward_fake(x, residual, weight, bias, eps, p, seed):
     stats = x.new_empty(x.shape[0], dtype=torch.float32)
     dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     return torch.empty_like(x, dtype=dtype), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("bertfast::residual_layer_norm_backward", mutates_args=())
-def _layer_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
-                            weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, p: float,
-                            seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_impl(dy: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
+                   weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, p: float,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from bertfast.kernels.layer_norm import residual_layer_norm_backward
 
     dh, dx, dw, db = residual_layer_norm_backward(dy.contiguous(), x, residual, weight, mean, rstd, p, seed)
@@ -42,8 +41,7 @@ def _layer_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, residual: torch.T
     return dh, (dx if dx is not dh else dh.new_empty(0)), dw, db
 
 
-@_layer_norm_backward_op.register_fake
-def _(dy, x, residual, weight, mean, rstd, p, seed):
+def _backward_fake(dy, x, residual, weight, mean, rstd, p, seed):
     from bertfast.kernels.layer_norm import needs_separate_dx
 
     n = x.shape[1]
@@ -64,7 +62,7 @@ def _backward(ctx, dy, _dmean, _drstd):
     x, residual, weight, mean, rstd = ctx.saved_tensors
     from bertfast.kernels.layer_norm import needs_separate_dx
 
-    dh, dx, dw, db = _layer_norm_backward_op(dy, x, residual, weight, mean, rstd, ctx.p, ctx.seed)
+    dh, dx, dw, db = _layer_norm_backward(dy, x, residual, weight, mean, rstd, ctx.p, ctx.seed)
     if not needs_separate_dx(x, residual, ctx.p):
         dx = dh  # the op returned an empty placeholder (outputs may not alias)
     w_dtype, b_dtype = ctx.param_dtypes
@@ -72,7 +70,8 @@ def _backward(ctx, dy, _dmean, _drstd):
             db.to(b_dtype) if b_dtype else None, None, None, None)
 
 
-_layer_norm_op.register_autograd(_backward, setup_context=_setup_context)
+_layer_norm_backward = FusedOp("bertfast::residual_layer_norm_backward", _backward_impl, _backward_fake)
+_layer_norm = FusedOp("bertfast::residual_layer_norm", _forward_impl, _forward_fake, _setup_context, _backward)
 
 
 def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
@@ -117,10 +116,5 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
     res = residual.reshape(-1, hidden).contiguous() if residual is not None else None
     args = (flat, res, weight.contiguous() if weight is not None else None,
             bias.contiguous() if bias is not None else None, float(eps), p, int(seed or 0))
-    if _backend.direct_call(*args[:4]):
-        from bertfast.kernels.layer_norm import residual_layer_norm_forward
-
-        y, _, _ = residual_layer_norm_forward(*args)
-    else:
-        y, _, _ = _layer_norm_op(*args)
+    y, _, _ = _layer_norm(*args)
     return y.view(x.shape)
