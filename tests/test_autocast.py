@@ -34,3 +34,58 @@ def test_cpu_bf16_autocast_matches_transformers(backend, backend_name):
     got.last_hidden_state[real].float().sum().backward()
     assert all(p.dtype == torch.float32 for p in bf.parameters())
     assert all(torch.isfinite(p.grad).all() for p in bf.parameters() if p.grad is not None)
+
+
+def layer_norm_dtypes(device, dtype):
+    """(bertfast, PyTorch) output dtypes of a LayerNorm of x alone and of x + an fp32 residual, under autocast."""
+    from bertfast.nn import FusedLayerNorm
+
+    ours, theirs = FusedLayerNorm(64).to(device), torch.nn.LayerNorm(64).to(device)
+    x = torch.randn(5, 64, device=device, dtype=dtype)
+    r = torch.randn(5, 64, device=device)
+    with torch.autocast(device, dtype=dtype):
+        return ([ours(x).dtype, ours(x, r).dtype, ours(x.float()).dtype],
+                [theirs(x).dtype, theirs(x + r).dtype, theirs(x.float()).dtype])
+
+
+@pytest.mark.parametrize("backend_name", ["auto", "triton"])
+def test_cpu_autocast_layer_norm_dtype_is_pytorchs(backend, backend_name):
+    backend(backend_name)
+    got, want = layer_norm_dtypes("cpu", torch.bfloat16)
+    assert got == want == [torch.bfloat16, torch.float32, torch.float32]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_autocast_layer_norm_dtype_is_pytorchs(dtype):
+    got, want = layer_norm_dtypes("cuda", dtype)
+    assert got == want == [torch.float32] * 3
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_autocast_matches_transformers():
+    """The whole model on the Triton kernels under CUDA bf16 autocast, as bertfast's trainer runs it:
+    output dtypes as transformers', values within bf16 precision (2e-2), finite fp32 gradients."""
+    torch.manual_seed(0)
+    cfg = bertfast.BertConfig.tiny(vocab_size=100, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                   attention_probs_dropout_prob=0.0)
+    hf_cfg = cfg.to_hf()
+    hf_cfg._attn_implementation = "sdpa"
+    hf = transformers.BertModel(hf_cfg).cuda()
+    bf = bertfast.BertModel(cfg).cuda()
+    bf.load_state_dict(hf.state_dict())
+    ids = torch.randint(1, 100, (5, 37), device="cuda")
+    mask = torch.ones(5, 37, dtype=torch.long, device="cuda")
+    mask[1, 20:] = 0
+    mask[3, 1:] = 0
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        want = hf(input_ids=ids, attention_mask=mask)
+        got = bf(input_ids=ids, attention_mask=mask)
+    assert got.last_hidden_state.dtype == want.last_hidden_state.dtype
+    assert got.pooler_output.dtype == want.pooler_output.dtype
+    real = mask.bool()
+    torch.testing.assert_close(got.last_hidden_state[real].float(), want.last_hidden_state[real].float(),
+                               atol=2e-2, rtol=2e-2)
+    got.last_hidden_state[real].float().sum().backward()
+    assert all(p.dtype == torch.float32 for p in bf.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in bf.parameters() if p.grad is not None)

@@ -2,8 +2,10 @@
 
 residual=None makes it a plain LayerNorm (the embeddings use it so). Statistics are kept in fp32; the
 output has the dtype of x + residual (a bf16 x with an fp32 residual, as under autocast, gives fp32;
-fp32 weights with bf16/fp16 activations are fine). Dropout is drawn in the
-kernel from `seed` with a counter-based generator and regenerated in the backward (no stored mask).
+fp32 weights with bf16/fp16 activations are fine); under CUDA autocast it is fp32, as PyTorch's
+autocast gives layer_norm there (CPU autocast leaves layer_norm in its input dtype, and so does this op).
+Dropout is drawn in the kernel from `seed` with a counter-based generator and regenerated in the
+backward (no stored mask).
 Registered as the custom op bertfast::residual_layer_norm, autograd through ..._backward (eager calls
 skip its dispatch: see ops/_custom.py).
 """
@@ -99,6 +101,11 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
     check_probability("dropout_p", dropout_p)
     check_same_device(x=x, residual=residual, weight=weight, bias=bias)
     p = float(dropout_p) if training else 0.0
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        # PyTorch's CUDA autocast runs layer_norm in fp32 (an fp32 output). Inside BERT the residual is
+        # already fp32, so this cast happens only for a LayerNorm of low-precision inputs alone.
+        if (x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)) != torch.float32:
+            x = x.float()
     if not _backend.use_triton(x):
         if p > 0:
             x = F.dropout(x, p, training=True)
