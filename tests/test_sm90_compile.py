@@ -1,7 +1,7 @@
 """Every Triton kernel compiles for sm_90 (no GPU needed) at the launch configurations used, ptxas
-reports no register spills, and no kernel asks for more shared memory than sm_90 gives a block. Runs in
-a subprocess: under TRITON_INTERPRET=1 (set for the rest of the suite) @triton.jit gives interpreter
-functions, which cannot be compiled."""
+reports no register spills, no kernel asks for more shared memory than sm_90 gives a block, and the
+fp16/bf16 attention matmuls run on tensor cores (wgmma). Runs in a subprocess: under TRITON_INTERPRET=1
+(set for the rest of the suite) @triton.jit gives interpreter functions, which cannot be compiled."""
 import os
 import subprocess
 import sys
@@ -14,4 +14,7 @@ def test_compiles_for_sm90_without_spills():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "spills in: none" in out.stdout
     assert "shared memory: none" in out.stdout
+    attention = [line.split() for line in out.stdout.splitlines() if line.startswith("attention_")]
+    assert attention and all(row[-1] == ("fma" if row[1] == "fp32" else "wgmma") for row in attention), \
+        "fp16/bf16 attention matmuls must lower to Hopper tensor-core wgmma; fp32 ones (IEEE) to FMA"
     assert "residual_layer_norm_bwd" in out.stdout and "bias_gelu_fwd" in out.stdout

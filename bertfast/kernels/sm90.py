@@ -1,6 +1,8 @@
-"""Compile every kernel for sm_90 without a GPU and read ptxas' resource report (registers, spills).
+"""Compile every kernel for sm_90 without a GPU and read ptxas' resource report (registers, spills),
+the shared memory asked for, and how the matmuls were lowered (tensor-core wgmma/mma or CUDA-core FMA).
 
-`python -m bertfast.kernels.sm90` prints the table; tests/test_sm90_compile.py asserts no spills.
+`python -m bertfast.kernels.sm90` prints the table; tests/test_sm90_compile.py asserts no spills, shared
+memory within the limit, and tensor cores for the fp16/bf16 attention matmuls.
 The configurations are the ones the launchers pick (bertfast.kernels.launch) at BERT's sizes.
 """
 from __future__ import annotations
@@ -31,10 +33,19 @@ class Report:
     spill_stores: int
     spill_loads: int
     shared_bytes: int
+    matmul: str  # how tl.dot was lowered: "wgmma" / "mma" (tensor cores), "fma" (CUDA cores), "" (no dot)
 
     def row(self) -> str:
         return (f"{self.name:<58} regs {self.registers:>3}  spill stores {self.spill_stores:>4}B  "
-                f"spill loads {self.spill_loads:>4}B  shared {self.shared_bytes:>6}B")
+                f"spill loads {self.spill_loads:>4}B  shared {self.shared_bytes:>6}B  {self.matmul}")
+
+
+def matmul_kind(ptx: str, has_dot: bool) -> str:
+    if "wgmma.mma_async" in ptx:
+        return "wgmma"
+    if re.search(r"\bmma\.sync", ptx):
+        return "mma"
+    return "fma" if has_dot else ""
 
 
 def _ptxas() -> str:
@@ -56,7 +67,8 @@ def compile_report(name: str, fn, signature: dict, constexprs: dict, num_warps: 
     text = out.stdout + out.stderr
     regs = int(re.search(r"Used (\d+) registers", text).group(1))
     stores, loads = (int(x) for x in re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text).groups())
-    return Report(name, regs, stores, loads, compiled.metadata.shared)
+    has_dot = name.startswith("attention")  # the only kernels with matmuls (tl.dot)
+    return Report(name, regs, stores, loads, compiled.metadata.shared, matmul_kind(compiled.asm["ptx"], has_dot))
 
 
 def _ptr(dtype: str) -> str:
