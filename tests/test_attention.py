@@ -211,6 +211,26 @@ def test_cuda_fp32(dim):
 
 
 @pytest.mark.gpu
+def test_cuda_fp32_follows_torch_matmul_precision():
+    """After torch.set_float32_matmul_precision("high") the fp32 kernels use TF32 tensor cores, as torch's
+    own fp32 matmuls then do. Tolerance: TF32 keeps 10 mantissa bits, so 2⁻¹⁰ relative per product;
+    5e-3 over sums of 200 terms of a softmax-weighted average."""
+    (q, k, v), mask = make(5, 3, 200, 64, device="cuda")
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        out = ops.fused_attention(q, k, v, mask)
+        dout = torch.randn_like(out)
+        got_grads = grads(out, (q, k, v), dout)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    ref = attention_ref(q, k, v, mask)
+    torch.testing.assert_close(out, ref, atol=5e-3, rtol=5e-3)
+    for got, want in zip(got_grads, grads(ref, (q, k, v), dout)):
+        torch.testing.assert_close(got, want, atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.gpu
 def test_cuda_varlen_and_dropout():
     (q, k, v), mask = make(6, 4, 300, 64, dtype=torch.bfloat16, device="cuda")
     out = ops.fused_attention(q, k, v, mask)

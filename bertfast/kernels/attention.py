@@ -30,7 +30,8 @@ def _seq_bounds(CU, b, S, VARLEN: tl.constexpr):
 @triton.jit
 def _dot(a, b, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     # Under the interpreter low-precision operands are multiplied in fp32 (it mis-multiplies bf16);
-    # fp32 operands use exact fp32 products on the GPU (tf32 would cost parity with the fp32 reference).
+    # fp32 operands use exact fp32 products on the GPU unless torch's fp32 matmul precision allows TF32
+    # (IEEE=False then, as for fp16/bf16 operands: tl.dot's default, tensor cores).
     if DOT_FP32:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
@@ -260,8 +261,10 @@ def _common(q, mask, cu_seqlens, max_seqlen):
     else:
         batch, heads, seq = q.shape[0], q.shape[1], q.shape[2]
     head_dim = q.shape[-1]
-    flags = dict(VARLEN=varlen, HAS_MASK=mask is not None, DOT_FP32=interpreted(),
-                 IEEE=q.dtype == torch.float32 and not interpreted())
+    # fp32 matmuls follow torch's setting: exact fp32 by default, TF32 tensor cores after
+    # torch.set_float32_matmul_precision("high" or "medium"), as torch's own matmuls do.
+    ieee = q.dtype == torch.float32 and not interpreted() and torch.get_float32_matmul_precision() == "highest"
+    flags = dict(VARLEN=varlen, HAS_MASK=mask is not None, DOT_FP32=interpreted(), IEEE=ieee)
     dummy = q.new_empty(1, dtype=torch.int32)
     return batch, heads, seq, head_dim, flags, attention_config(head_dim, q.dtype), dummy
 

@@ -20,7 +20,7 @@ from triton.compiler import ASTSource
 from bertfast.kernels import launch
 
 TARGET = GPUTarget("cuda", 90, 32)
-_TRITON_TYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+_TRITON_TYPES = {"fp32": "*fp32", "tf32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}  # tf32: fp32 data, TF32 dots
 
 
 SM90_MAX_SHARED_BYTES = 227 * 1024  # the most shared memory one block may opt into on sm_90 (H100/H200)
@@ -112,12 +112,14 @@ def cases():
                         {"IDS": "*i64", "TYPE_IDS": "*i64", "POS_IDS": "*i64", "WORD": act, "TYPE": act, "POS": act,
                          "W": "*fp32", "B": "*fp32", "Y": act, "N": "i32", "eps": "fp32"},
                         {"BLOCK_N": bn, "HAS_WEIGHT": True, "HAS_BIAS": True}, w, 3))
-    attention_cases = [(d, h, True) for d, h in (("bf16", 64), ("bf16", 128), ("fp16", 64), ("fp32", 64), ("fp32", 128))]
+    attention_cases = [(d, h, True) for d, h in (("bf16", 64), ("bf16", 128), ("fp16", 64), ("fp32", 64), ("fp32", 128),
+                                                 ("tf32", 64))]
     attention_cases += [("bf16", 64, False), ("bf16", 128, False), ("fp32", 64, False)]  # padded, key mask
     for dtype, head_dim, varlen in attention_cases:
         import torch
 
-        cfg = launch.attention_config(head_dim, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+        cfg = launch.attention_config(head_dim, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                                                 "tf32": torch.float32}[dtype])
         act = _ptr(dtype)
         strides = {n: "i32" for n in ("stride_b", "stride_s", "stride_h", "o_stride_b", "o_stride_s", "o_stride_h",
                                       "stride_mb", "H", "S")}
