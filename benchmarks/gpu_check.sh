@@ -34,7 +34,8 @@ fi
 
 step "GPU-marked tests"
 if [ "$DRY" = 0 ]; then
-  timeout ${BERTFAST_GPU_TESTS_TIMEOUT:-240} "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --timeout=120 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt" || status=1
+  # (CUBLAS_WORKSPACE_CONFIG: deterministic cuBLAS, for the determinism test)
+  CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout ${BERTFAST_GPU_TESTS_TIMEOUT:-240} "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --timeout=120 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt" || status=1
   grep -qE "passed" "$OUT/gpu_tests.txt" && ! grep -qE "failed|error" "$OUT/gpu_tests.txt" || status=1
 else
   "$PY" -m pytest tests -m gpu --collect-only -q -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"

@@ -1,5 +1,5 @@
-"""Hardening (CPU): gradient checkpointing, determinism, and a bad-input suite where every case is a
-clear exception naming the argument (or a documented result), never a crash or NaN."""
+"""Hardening: gradient checkpointing and determinism (CPU, and CUDA GPU-marked), and a bad-input suite
+where every case is a clear exception naming the argument (or a documented result), never a crash or NaN."""
 import pytest
 import torch
 
@@ -24,15 +24,23 @@ def grads_of(model, inputs, seed=0):
     torch.manual_seed(seed)
     model.zero_grad(set_to_none=True)
     out = model(**inputs).last_hidden_state
-    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    (out * torch.linspace(-1, 1, out.shape[-1], device=out.device)).sum().backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+ON = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]  # cuda: the Triton kernels
+
+
+def on(device, inputs):
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("device", ON)
 @pytest.mark.parametrize("reentrant", [True, False])
-def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant, device):
     torch.manual_seed(0)
-    model = bertfast.BertModel(tiny()).train()  # dropout on: the recomputation must redraw the same masks
-    inputs = batch()
+    model = bertfast.BertModel(tiny()).train().to(device)  # dropout on: the recomputation must redraw the same masks
+    inputs = on(device, batch())
     want = grads_of(model, inputs)
     model.gradient_checkpointing_enable({"use_reentrant": reentrant})
     got = grads_of(model, inputs)
@@ -41,10 +49,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
         torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
-def test_deterministic_algorithms_give_bitwise_identical_gradients():
+@pytest.mark.parametrize("device", ON)
+def test_deterministic_algorithms_give_bitwise_identical_gradients(device, monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS asks for
     torch.manual_seed(0)
-    model = bertfast.BertModel(tiny()).train()
-    inputs = batch()
+    model = bertfast.BertModel(tiny()).train().to(device)
+    inputs = on(device, batch())
     torch.use_deterministic_algorithms(True)
     try:
         a, b = grads_of(model, inputs, seed=3), grads_of(model, inputs, seed=3)
