@@ -78,4 +78,3 @@ def cuda_stream(t: torch.Tensor) -> int:
     if t.device.type != "cuda":
         return 0
     return torch.cuda.current_stream(t.device).cuda_stream
-

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from bertfast import _backend, ops
+from bertfast import ops
 from bertfast.ops import _custom
 from bertfast.ops import attention as attention_mod
 from bertfast.ops import bias_gelu as bias_gelu_mod
