@@ -47,7 +47,10 @@ if [ "$DRY" = 0 ]; then
     echo "no time left for the GPU tests (${tests_s}s)" | tee "$OUT/gpu_tests.txt"; status=1
   else
     echo "(time for the tests: ${tests_s}s)"
-    CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout $tests_s "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --timeout=120 2>&1 | tail -40 | tee "$OUT/gpu_tests.txt" || status=1
+    # SIGINT at the limit: pytest then stops like on Ctrl-C, still printing what passed and failed and
+    # writing the JUnit XML (per-test outcome and seconds: what to budget next time).
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout -s INT -k 15 $tests_s "$PY" -m pytest tests -m gpu -q -p no:cacheprovider \
+      --timeout=120 -rfE --durations=12 --junitxml="$OUT/gpu_tests.xml" 2>&1 | tail -60 | tee "$OUT/gpu_tests.txt" || status=1
     grep -qE "passed" "$OUT/gpu_tests.txt" && ! grep -qE "failed|error" "$OUT/gpu_tests.txt" || status=1
   fi
 else
@@ -68,7 +71,7 @@ files=()
 for name in attention model embedding_sum layer_norm bias_gelu; do files+=("benchmarks/bench_$name.py"); done
 for f in benchmarks/bench_*.py; do [[ " ${files[*]} " == *" $f "* ]] || files+=("$f"); done  # any newer ones last
 BERTFAST_BENCH_MODE=$MODE BERTFAST_BENCH_JSON="$OUT/results.json" BERTFAST_BENCH_SUMMARY="$OUT/summary.md" \
-  timeout $bench_s "$PY" -m pytest "${files[@]}" --benchmark-only -q -p no:cacheprovider --benchmark-columns=median \
+  timeout -s INT -k 15 $bench_s "$PY" -m pytest "${files[@]}" --benchmark-only -q -p no:cacheprovider --benchmark-columns=median \
   ${BERTFAST_BENCH_K:+-k "$BERTFAST_BENCH_K"} \
   > "$OUT/bench.log" 2>&1 || { status=1; tail -30 "$OUT/bench.log"; }
 grep -E "passed|failed" "$OUT/bench.log" | tail -1
