@@ -10,8 +10,9 @@ mode on plain tensors (torch.Tensor or nn.Parameter):
 - otherwise: a torch.autograd.Function running the same implementation, setup_context and backward.
 
 Under torch.compile, and for any other tensor type (fake, functional or other subclass tensors), the
-custom op runs. benchmarks/bench_host_overhead.py measures the host time of a whole model step this way. Every path runs the same implementation on the same inputs, so the results are the same
-bit for bit (tests/test_direct_call.py).
+custom op runs. Every path runs the same implementation on the same inputs, so the results are the same
+bit for bit (tests/test_direct_call.py). benchmarks/bench_host_overhead.py measures the host time of a
+whole model step.
 """
 from __future__ import annotations
 
