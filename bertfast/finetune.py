@@ -191,6 +191,12 @@ def collate(examples, tok, keys, dev):
     return {k: v.to(dev) for k, v in batch.items()}
 
 
+def _labelled(head, checkpoint, names):
+    """A classification head from a checkpoint, with one output per label name and HF's label maps."""
+    return head.from_pretrained(checkpoint, num_labels=len(names), id2label=dict(enumerate(names)),
+                                label2id={v: i for i, v in enumerate(names)})
+
+
 def finetune(task, train_path, eval_path, checkpoint, out, epochs, batch_size, lr, warmup, accumulate, max_length,
              truncate, seed, device):
     rng = random.Random(seed)
@@ -201,15 +207,13 @@ def finetune(task, train_path, eval_path, checkpoint, out, epochs, batch_size, l
     if task == "classify":
         train, labels = load_classification(train_path, tok, max_length, truncate)
         evaluation, _ = load_classification(eval_path, tok, max_length, truncate, labels)
-        model = bertfast.BertForSequenceClassification.from_pretrained(
-            checkpoint, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
+        model = _labelled(bertfast.BertForSequenceClassification, checkpoint, labels)
         keys = ["labels"]
         metrics = lambda m, b: classification_metrics(m, b, dev)  # noqa: E731
     elif task == "ner":
         train, tags = load_ner(train_path, tok, max_length, truncate)
         evaluation, _ = load_ner(eval_path, tok, max_length, truncate, tags)
-        model = bertfast.BertForTokenClassification.from_pretrained(
-            checkpoint, num_labels=len(tags), id2label=dict(enumerate(tags)), label2id={v: i for i, v in enumerate(tags)})
+        model = _labelled(bertfast.BertForTokenClassification, checkpoint, tags)
         keys = ["labels"]
         metrics = lambda m, b: ner_metrics(m, b, evaluation, tags, dev)  # noqa: E731
     else:

@@ -10,30 +10,37 @@ import bertfast
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.mark.parametrize("backend_name", ["auto", "triton"])
-def test_cpu_bf16_autocast_matches_transformers(backend, backend_name):
-    backend(backend_name)
+def check_model_matches_transformers(device, attn_implementation, mask, max_position_embeddings):
+    """bertfast against transformers under bf16 autocast on `device`, on a padded batch (mask [B, S])."""
     torch.manual_seed(0)
-    cfg = bertfast.BertConfig.tiny(vocab_size=100, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                                   attention_probs_dropout_prob=0.0)
+    cfg = bertfast.BertConfig.tiny(vocab_size=100, max_position_embeddings=max_position_embeddings,
+                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     hf_cfg = cfg.to_hf()
-    hf_cfg._attn_implementation = "eager"
-    hf = transformers.BertModel(hf_cfg)
-    bf = bertfast.BertModel(cfg)
+    hf_cfg._attn_implementation = attn_implementation
+    hf = transformers.BertModel(hf_cfg).to(device)
+    bf = bertfast.BertModel(cfg).to(device)
     bf.load_state_dict(hf.state_dict())
-    ids = torch.randint(1, 100, (3, 9))
-    mask = torch.ones(3, 9, dtype=torch.long)
-    mask[1, 4:] = 0
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    ids = torch.randint(1, 100, mask.shape).to(device)
+    mask = mask.to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         want = hf(input_ids=ids, attention_mask=mask)
         got = bf(input_ids=ids, attention_mask=mask)
     assert got.last_hidden_state.dtype == want.last_hidden_state.dtype
     assert got.pooler_output.dtype == want.pooler_output.dtype
     real = mask.bool()
-    torch.testing.assert_close(got.last_hidden_state[real].float(), want.last_hidden_state[real].float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(got.last_hidden_state[real].float(), want.last_hidden_state[real].float(),
+                               atol=2e-2, rtol=2e-2)
     got.last_hidden_state[real].float().sum().backward()
     assert all(p.dtype == torch.float32 for p in bf.parameters())
     assert all(torch.isfinite(p.grad).all() for p in bf.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("backend_name", ["auto", "triton"])
+def test_cpu_bf16_autocast_matches_transformers(backend, backend_name):
+    backend(backend_name)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 4:] = 0
+    check_model_matches_transformers("cpu", "eager", mask, max_position_embeddings=32)
 
 
 def layer_norm_dtypes(device, dtype):
@@ -64,28 +71,8 @@ def test_cuda_autocast_layer_norm_dtype_is_pytorchs(dtype):
 
 @pytest.mark.gpu
 def test_cuda_bf16_autocast_matches_transformers():
-    """The whole model on the Triton kernels under CUDA bf16 autocast, as bertfast's trainer runs it:
-    output dtypes as transformers', values within bf16 precision (2e-2), finite fp32 gradients."""
-    torch.manual_seed(0)
-    cfg = bertfast.BertConfig.tiny(vocab_size=100, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                                   attention_probs_dropout_prob=0.0)
-    hf_cfg = cfg.to_hf()
-    hf_cfg._attn_implementation = "sdpa"
-    hf = transformers.BertModel(hf_cfg).cuda()
-    bf = bertfast.BertModel(cfg).cuda()
-    bf.load_state_dict(hf.state_dict())
-    ids = torch.randint(1, 100, (5, 37), device="cuda")
-    mask = torch.ones(5, 37, dtype=torch.long, device="cuda")
+    """The whole model on the Triton kernels under CUDA bf16 autocast, as bertfast's trainer runs it."""
+    mask = torch.ones(5, 37, dtype=torch.long)
     mask[1, 20:] = 0
     mask[3, 1:] = 0
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        want = hf(input_ids=ids, attention_mask=mask)
-        got = bf(input_ids=ids, attention_mask=mask)
-    assert got.last_hidden_state.dtype == want.last_hidden_state.dtype
-    assert got.pooler_output.dtype == want.pooler_output.dtype
-    real = mask.bool()
-    torch.testing.assert_close(got.last_hidden_state[real].float(), want.last_hidden_state[real].float(),
-                               atol=2e-2, rtol=2e-2)
-    got.last_hidden_state[real].float().sum().backward()
-    assert all(p.dtype == torch.float32 for p in bf.parameters())
-    assert all(torch.isfinite(p.grad).all() for p in bf.parameters() if p.grad is not None)
+    check_model_matches_transformers("cuda", "sdpa", mask, max_position_embeddings=64)

@@ -17,14 +17,19 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _seq_bounds(CU, b, S, VARLEN: tl.constexpr):
+def _program_sequence(CU, H, S, VARLEN: tl.constexpr):
+    """This program's (batch*head, batch, head) from grid axis 1, and its sequence's first token and
+    length (packed: from cu_seqlens; padded: 0 and S)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
     if VARLEN:
         start = tl.load(CU + b)
         seqlen = tl.load(CU + b + 1) - start
     else:
         start = 0
         seqlen = S
-    return start, seqlen
+    return bh, b, h, start, seqlen
 
 
 @triton.jit
@@ -87,10 +92,7 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, p, seed,
                          VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                          DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    start, seqlen = _seq_bounds(CU, b, S, VARLEN)
+    bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, HEAD_DIM)
     if pid_m * BLOCK_M < seqlen:
@@ -133,10 +135,7 @@ def attention_bwd_preprocess_kernel(O, DO, DELTA, CU, o_stride_b, o_stride_s, o_
                                     BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr):
     """delta[b, h, s] = sum_d dO * O (fp32). dO shares O's strides."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    start, seqlen = _seq_bounds(CU, b, S, VARLEN)
+    bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, HEAD_DIM)
     row_ok = rows < seqlen
@@ -163,10 +162,7 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
     """One program per (key block, batch*head): loops over all query blocks. DK/DV share K's strides;
     DO shares O's."""
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    start, seqlen = _seq_bounds(CU, b, S, VARLEN)
+    bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
     if pid_n * BLOCK_N < seqlen:
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, HEAD_DIM)
@@ -210,10 +206,7 @@ def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, p, 
                             DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     """One program per (query block, batch*head): loops over all key blocks. DQ shares Q's strides."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    start, seqlen = _seq_bounds(CU, b, S, VARLEN)
+    bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
     if pid_m * BLOCK_M < seqlen:
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, HEAD_DIM)
