@@ -32,8 +32,8 @@ def stub_kernels(monkeypatch):
         out = torch.empty_like(x if residual is None else residual)
         return out, x.new_empty(x.shape[0], dtype=torch.float32), x.new_empty(x.shape[0], dtype=torch.float32)
 
-    def ln_backward(dy, x, residual, w, mean, rstd, p, seed):
-        return torch.empty_like(x), x.new_empty(0), torch.empty_like(w), torch.empty_like(w)
+    def ln_backward(dy, x, residual, w, b, mean, rstd, p, seed):
+        return torch.empty_like(x), x.new_empty(0), torch.empty_like(w), torch.empty_like(b)
 
     def attention_forward(q, k, v, mask, cu, max_seqlen, scale, p, seed):
         rows = (cu.shape[0] - 1) * q.shape[1] if cu is not None else q.shape[0] * q.shape[1]

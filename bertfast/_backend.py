@@ -18,6 +18,22 @@ import torch
 
 BACKENDS = ("auto", "torch", "triton")
 
+# Inside bertfast.kernels.trace.gpu_trace(), meta tensors stand for CUDA ones (the GPU path runs on them,
+# recorded instead of launched: the static checks of what a GPU would do).
+_META_IS_GPU = False
+
+
+def set_meta_is_gpu(value: bool) -> bool:
+    """Set whether meta tensors take the GPU path; returns the previous setting."""
+    global _META_IS_GPU
+    previous, _META_IS_GPU = _META_IS_GPU, value
+    return previous
+
+
+def is_gpu(t: torch.Tensor) -> bool:
+    """Whether t is on the GPU (or stands for a GPU tensor inside gpu_trace)."""
+    return t.device.type == "cuda" or (_META_IS_GPU and t.device.type == "meta")
+
 
 def backend_mode() -> str:
     mode = os.environ.get("BERTFAST_BACKEND", "auto").strip().lower() or "auto"
@@ -61,7 +77,7 @@ def use_triton(t: torch.Tensor) -> bool:
         if t.device.type == "cpu" and not triton_interpreted():
             raise RuntimeError("BERTFAST_BACKEND=triton on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported")
         return True
-    return t.device.type == "cuda"
+    return is_gpu(t)
 
 
 def use_extension(t: torch.Tensor) -> bool:
@@ -70,6 +86,8 @@ def use_extension(t: torch.Tensor) -> bool:
         return False
     if t.device.type == "cpu":
         return True
+    if _META_IS_GPU and t.device.type == "meta":
+        return True  # traced as the CUDA build would run
     return t.device.type == "cuda" and extension_has_cuda()
 
 

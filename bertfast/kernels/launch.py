@@ -28,6 +28,38 @@ def partials_in_memory(block_n: int) -> bool:
     return block_n > 4096
 
 
+@dataclass(frozen=True)
+class LayerNormConfig:
+    block_n: int  # columns held per row (the next power of two of the hidden size)
+    rows: int  # rows per program (forward) or per step of a persistent program (backward)
+    warps: int
+    partials_in_memory: bool = False
+    programs_per_sm: int = 1  # backward: persistent programs per SM (each writes one partial-sum row)
+    max_registers: int | None = None  # ptxas' per-thread cap (maxnreg), so that programs_per_sm fit an SM
+
+    def options(self) -> dict:
+        """The launch options (num_warps, and maxnreg where set and compiled for a GPU)."""
+        out = {"num_warps": self.warps}
+        if self.max_registers is not None and not interpreted():
+            out["maxnreg"] = self.max_registers
+        return out
+
+
+def layer_norm_config(n: int, elem_bytes: int, backward: bool) -> LayerNormConfig:
+    """Tile of the LayerNorm kernels: several rows per program at BERT's sizes (H <= 1024), so the row
+    reductions and address math are shared and ~35 KB of loads are in flight per SM (the static model,
+    python -m bertfast.kernels.sm90, holds each choice to its bandwidth goal)."""
+    block, _ = row_config(n)
+    if interpreted():
+        return LayerNormConfig(block, 2, 1, partials_in_memory(block), 1)
+    if block <= 1024:
+        if backward:  # 4 warps, 8 values a thread (128-bit loads); five programs an SM in 16-bit dtypes
+            return LayerNormConfig(block, 1, 4, False, 5 if elem_bytes == 2 else 4)
+        return LayerNormConfig(block, 4, 8)
+    warps = max(4, min(16, block // 256))
+    return LayerNormConfig(block, 1, warps, backward and partials_in_memory(block), 2 if backward else 1)
+
+
 def elementwise_config(n: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps) for 2-D elementwise kernels over [rows, n]."""
     block_n = min(1024, triton.next_power_of_2(n))
@@ -41,14 +73,23 @@ def column_reduction_config(n: int) -> tuple[int, int, int]:
     return 32, min(64, triton.next_power_of_2(n)), 4
 
 
-def persistent_programs(rows: int, device) -> int:
-    """How many programs a persistent reduction launches (each writes one partial-sum row)."""
-    if device.type != "cuda" or interpreted():
-        return max(1, min(rows, 4))
+def multiprocessor_count(device) -> int:
+    """SMs of the GPU a tensor lives on; meta tensors (bertfast.kernels.trace) stand for the H200 the
+    static model predicts for."""
+    if device.type == "meta":
+        from bertfast.kernels import h200
+
+        return h200.SMS
     import torch
 
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(rows, 4 * sms))
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def persistent_programs(steps: int, device, per_sm: int = 4) -> int:
+    """How many programs a persistent reduction over `steps` steps launches (each writes one partial row)."""
+    if device.type not in ("cuda", "meta") or interpreted():
+        return max(1, min(steps, 4))
+    return max(1, min(steps, per_sm * multiprocessor_count(device)))
 
 
 @dataclass(frozen=True)

@@ -1,103 +1,145 @@
-"""LayerNorm(dropout(x) + residual) forward and backward, one program per row (forward) and a
-persistent grid of programs each summing dweight/dbias partials over its rows in fp32 (backward).
+"""LayerNorm(dropout(x) + residual) forward and backward.
 
-Dropout keeps an element when tl.rand(seed, row * n + col) >= p; the backward draws the same numbers.
-The backward recomputes h = dropout(x) + residual from the inputs instead of storing it.
+Forward: ROWS rows per program (a [ROWS, BLOCK_N] tile), so the per-row reductions and address math are
+shared and enough bytes are in flight per SM. Backward: a persistent grid, each program walking ROWS rows
+per step and summing dweight/dbias partials in fp32 registers; one partial row per program (allocated
+empty: every program writes its row), then one small kernel sums the partials over programs in a fixed
+order (bertfast.kernels.reduce; deterministic, no atomics) and writes dweight/dbias in the parameters'
+dtype.
+
+Dropout masks come from bertfast.kernels.dropout (one 7-round Philox call per 8 elements, row = token,
+column = hidden index); the backward draws the same mask and recomputes h = dropout(x) + residual from
+the inputs instead of storing it.
 """
 import triton
 import triton.language as tl
 
-from bertfast.kernels.launch import partials_in_memory, persistent_programs, row_config
+from bertfast.kernels import dropout
+from bertfast.kernels.launch import layer_norm_config, persistent_programs
+from bertfast.kernels.reduce import column_sums
 
 
 @triton.jit
-def _load_h(X, R, row, cols, mask, N, p, seed, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr):
-    offs = tl.cast(row, tl.int64) * N + cols
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+def _load_rows(X, R, rows, cols, mask, N, HAS_RESIDUAL: tl.constexpr):
+    """x and residual of the [ROWS, BLOCK_N] tile, in their own dtypes."""
+    offs = rows[:, None].to(tl.int64) * N + cols[None, :]
+    x = tl.load(X + offs, mask=mask, other=0.0)
+    r = x
+    if HAS_RESIDUAL:
+        r = tl.load(R + offs, mask=mask, other=0.0)
+    return x, r
+
+
+@triton.jit
+def _dropout_add(x, r, rows, mask, threshold, scale, seed, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """h = dropout(x) + residual in fp32, and the keep-mask."""
+    x = x.to(tl.float32)
     keep = mask
     if HAS_DROPOUT:
-        keep = mask & (tl.rand(seed, (row * N + cols).to(tl.int32)) >= p)
-        x = tl.where(keep, x / (1.0 - p), 0.0)
+        keep = mask & (dropout.random_bits(seed, rows, 0, 0, BLOCK_N) >= threshold)
+        x = tl.where(keep, x * scale, 0.0)
     if HAS_RESIDUAL:
-        x += tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+        x += r.to(tl.float32)
     return x, keep
 
 
 @triton.jit
-def normalise_row(h, W, B, cols, mask, N, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """(LayerNorm of the fp32 row h with weight W and bias B, its mean, its rstd)."""
-    mean = tl.sum(h, axis=0) / N
-    centred = tl.where(mask, h - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / N + eps)
-    y = centred * rstd
+def normalise_rows(h, W, B, cols, mask, N, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """(LayerNorm of each row of the fp32 tile h with weight W and bias B, the rows' mean, their rstd)."""
+    mean = tl.sum(h, axis=1) / N
+    centred = tl.where(mask, h - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / N + eps)
+    y = centred * rstd[:, None]
     if HAS_WEIGHT:
-        y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
-        y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+        y = y + tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     return y, mean, rstd
 
 
-@triton.jit
-def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, N, eps, p, seed, BLOCK_N: tl.constexpr,
-                                   HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                                   HAS_BIAS: tl.constexpr):
-    row = tl.program_id(0)
+@triton.jit(do_not_specialize=["M", "seed"])
+def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, threshold, scale, seed,
+                                   BLOCK_N: tl.constexpr, ROWS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                                   HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    h, _ = _load_h(X, R, row, cols, mask, N, p, seed, HAS_RESIDUAL, HAS_DROPOUT)
-    y, mean, rstd = normalise_row(h, W, B, cols, mask, N, eps, HAS_WEIGHT, HAS_BIAS)
-    tl.store(Y + tl.cast(row, tl.int64) * N + cols, y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(MEAN + row, mean)
-    tl.store(RSTD + row, rstd)
+    row_ok = rows < M
+    mask = row_ok[:, None] & (cols[None, :] < N)
+    x, r = _load_rows(X, R, rows, cols, mask, N, HAS_RESIDUAL)
+    h, _ = _dropout_add(x, r, rows, mask, threshold, scale, seed, HAS_RESIDUAL, HAS_DROPOUT, BLOCK_N)
+    y, mean, rstd = normalise_rows(h, W, B, cols, mask, N, eps, HAS_WEIGHT, HAS_BIAS)
+    tl.store(Y + rows[:, None].to(tl.int64) * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(MEAN + rows, mean, mask=row_ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
-@triton.jit
-def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, DB_PARTIAL, M, N, p, seed,
-                                   BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                                   HAS_WEIGHT: tl.constexpr, WRITE_DX: tl.constexpr, PARTIALS_IN_MEMORY: tl.constexpr):
+@triton.jit(do_not_specialize=["M", "seed"])
+def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, DB_PARTIAL, M, N, threshold, scale,
+                                   seed, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                                   HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, WRITE_DX: tl.constexpr,
+                                   PARTIALS_IN_MEMORY: tl.constexpr):
     """DH = d loss / d(dropout(x) + residual) (= the residual's gradient, in the residual's dtype);
     DX = DH through the dropout, in x's dtype (written when WRITE_DX: with dropout, or when x's dtype
-    differs from the residual's; otherwise dx is DH itself). Each program sums dy·x̂ and dy over its rows, in
-    registers, or for the widest rows (PARTIALS_IN_MEMORY) in its own zeroed partial row in memory, so
-    that the row's other values stay in registers without spilling."""
+    differs from the residual's; otherwise dx is DH itself). Program `pid` sums dy·x̂ and dy over its rows
+    into partial row `pid` of DW_PARTIAL / DB_PARTIAL: in registers, or for the widest rows
+    (PARTIALS_IN_MEMORY, ROWS = 1) in that row of memory, so the row's other values stay in registers."""
     pid = tl.program_id(0)
-    programs = tl.num_programs(0)
+    step = tl.num_programs(0) * ROWS
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    db = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for row in range(pid, M, programs):
-        # The weight is re-read per row (from L1/L2) rather than held: at n = 8192 holding it spills.
+    col_ok = cols < N
+    dw = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+    db = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+    if PARTIALS_IN_MEMORY:
+        tl.store(DW_PARTIAL + pid * N + cols, tl.zeros((BLOCK_N,), tl.float32), mask=col_ok)
+        tl.store(DB_PARTIAL + pid * N + cols, tl.zeros((BLOCK_N,), tl.float32), mask=col_ok)
+    # Software pipelined: each step loads the next step's rows before working on its own, so two steps'
+    # loads are in flight per program (Little's law; see python -m bertfast.kernels.sm90).
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    mask = (rows < M)[:, None] & col_ok[None, :]
+    x, r = _load_rows(X, R, rows, cols, mask, N, HAS_RESIDUAL)
+    dy = tl.load(DY + rows[:, None].to(tl.int64) * N + cols[None, :], mask=mask, other=0.0)
+    for first in range(pid * ROWS, M, step):
+        rows = first + tl.arange(0, ROWS)
+        row_ok = rows < M
+        mask = row_ok[:, None] & col_ok[None, :]
+        next_rows = rows + step
+        next_mask = (next_rows < M)[:, None] & col_ok[None, :]
+        next_x, next_r = _load_rows(X, R, next_rows, cols, next_mask, N, HAS_RESIDUAL)
+        next_dy = tl.load(DY + next_rows[:, None].to(tl.int64) * N + cols[None, :], mask=next_mask, other=0.0)
+        # The weight is re-read per step (from L1/L2) rather than held: at n = 8192 holding it spills.
         if HAS_WEIGHT:
-            w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+            w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         else:
-            w = tl.where(mask, 1.0, 0.0)
-        offs = tl.cast(row, tl.int64) * N + cols
-        h, keep = _load_h(X, R, row, cols, mask, N, p, seed, HAS_RESIDUAL, HAS_DROPOUT)
-        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + row)
-        rstd = tl.load(RSTD + row)
-        xhat = tl.where(mask, (h - mean) * rstd, 0.0)
-        wdy = w * dy
-        c1 = tl.sum(xhat * wdy, axis=0) / N
-        c2 = tl.sum(wdy, axis=0) / N
-        dh = (wdy - (xhat * c1 + c2)) * rstd
+            w = tl.where(col_ok, 1.0, 0.0)[None, :]
+        offs = rows[:, None].to(tl.int64) * N + cols[None, :]
+        h, keep = _dropout_add(x, r, rows, mask, threshold, scale, seed, HAS_RESIDUAL, HAS_DROPOUT, BLOCK_N)
+        mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+        xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+        dyf = dy.to(tl.float32)
+        wdy = w * dyf
+        c1 = tl.sum(xhat * wdy, axis=1) / N
+        c2 = tl.sum(wdy, axis=1) / N
+        dh = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         tl.store(DH + offs, dh.to(DH.dtype.element_ty), mask=mask)
         if WRITE_DX:
             if HAS_DROPOUT:
-                dx = tl.where(keep, dh / (1.0 - p), 0.0)
+                dx = tl.where(keep, dh * scale, 0.0)
             else:
                 dx = dh
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
         if PARTIALS_IN_MEMORY:
-            tl.store(DW_PARTIAL + pid * N + cols, tl.load(DW_PARTIAL + pid * N + cols, mask=mask) + dy * xhat, mask=mask)
-            tl.store(DB_PARTIAL + pid * N + cols, tl.load(DB_PARTIAL + pid * N + cols, mask=mask) + dy, mask=mask)
+            part = pid * N + cols
+            tl.store(DW_PARTIAL + part, tl.load(DW_PARTIAL + part, mask=col_ok) + tl.sum(dyf * xhat, 0), mask=col_ok)
+            tl.store(DB_PARTIAL + part, tl.load(DB_PARTIAL + part, mask=col_ok) + tl.sum(dyf, 0), mask=col_ok)
         else:
-            dw += dy * xhat
-            db += dy
+            dw += dyf * xhat
+            db += dyf
+        x, r, dy = next_x, next_r, next_dy
     if not PARTIALS_IN_MEMORY:
-        tl.store(DW_PARTIAL + pid * N + cols, dw, mask=mask)
-        tl.store(DB_PARTIAL + pid * N + cols, db, mask=mask)
+        tl.store(DW_PARTIAL + pid * N + cols, tl.sum(dw, 0), mask=col_ok)
+        tl.store(DB_PARTIAL + pid * N + cols, tl.sum(db, 0), mask=col_ok)
 
 
 def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float, seed: int):
@@ -108,13 +150,13 @@ def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float,
     y = torch.empty_like(x, dtype=x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype))
     mean = torch.empty(m, dtype=torch.float32, device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
-    block_n, warps = row_config(n)
+    cfg = layer_norm_config(n, x.element_size(), backward=False)
     if m:
-        residual_layer_norm_fwd_kernel[(m,)](
+        residual_layer_norm_fwd_kernel[(triton.cdiv(m, cfg.rows),)](
             x, residual if residual is not None else x, weight if weight is not None else x,
-            bias if bias is not None else x, y, mean, rstd, n, eps, p, seed, BLOCK_N=block_n,
-            HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0, HAS_WEIGHT=weight is not None,
-            HAS_BIAS=bias is not None, num_warps=warps)
+            bias if bias is not None else x, y, mean, rstd, m, n, eps, dropout.threshold(p), dropout.keep_scale(p),
+            seed, BLOCK_N=cfg.block_n, ROWS=cfg.rows, HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0,
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **cfg.options())
     return y, mean, rstd
 
 
@@ -122,41 +164,34 @@ def needs_separate_dx(x, residual, p: float) -> bool:
     return p > 0 or (residual is not None and residual.dtype != x.dtype)
 
 
-def residual_layer_norm_backward(dy, x, residual, weight, mean, rstd, p: float, seed: int):
-    """Returns (dh, dx, dweight_fp32, dbias_fp32); dx is dh itself when no separate dx is needed."""
+def residual_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, p: float, seed: int):
+    """Returns (dh, dx, dweight, dbias): dx is dh itself when no separate dx is needed; dweight/dbias are
+    in the parameters' dtypes (None without the parameter)."""
     import torch
 
     m, n = x.shape
     dh = torch.empty_like(residual if residual is not None else x)
     write_dx = needs_separate_dx(x, residual, p)
     dx = torch.empty_like(x) if write_dx else dh
-    programs = persistent_programs(m, x.device)
-    dw_partial = torch.zeros((programs, n), dtype=torch.float32, device=x.device)
-    db_partial = torch.zeros((programs, n), dtype=torch.float32, device=x.device)
-    block_n, warps = row_config(n)
-    if m:
-        residual_layer_norm_bwd_kernel[(programs,)](
-            dy, x, residual if residual is not None else x, weight if weight is not None else x, mean, rstd, dh, dx,
-            dw_partial, db_partial, m, n, p, seed, BLOCK_N=block_n, HAS_RESIDUAL=residual is not None,
-            HAS_DROPOUT=p > 0, HAS_WEIGHT=weight is not None, WRITE_DX=write_dx,
-            PARTIALS_IN_MEMORY=partials_in_memory(block_n), num_warps=warps)
-    return dh, dx, dw_partial.sum(0), db_partial.sum(0)
-
-
-@triton.jit
-def dropout_keep_kernel(KEEP, N, p, seed, BLOCK_N: tl.constexpr):
-    """The keep-mask the kernels above draw for row `program_id` (for tests and debugging)."""
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    keep = tl.rand(seed, (row * N + cols).to(tl.int32)) >= p
-    tl.store(KEEP + tl.cast(row, tl.int64) * N + cols, keep.to(tl.int8), mask=mask)
+    cfg = layer_norm_config(n, x.element_size(), backward=True)
+    programs = persistent_programs(triton.cdiv(m, cfg.rows), x.device, cfg.programs_per_sm)
+    # Empty: every program writes its whole partial row (zeros when it has no rows).
+    dw_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device)
+    db_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device)
+    dw = torch.empty_like(weight) if weight is not None else None
+    db = torch.empty_like(bias) if bias is not None else None
+    residual_layer_norm_bwd_kernel[(programs,)](
+        dy, x, residual if residual is not None else x, weight if weight is not None else x, mean, rstd, dh, dx,
+        dw_partial, db_partial, m, n, dropout.threshold(p), dropout.keep_scale(p), seed, BLOCK_N=cfg.block_n,
+        ROWS=cfg.rows, HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0, HAS_WEIGHT=weight is not None,
+        WRITE_DX=write_dx, PARTIALS_IN_MEMORY=cfg.partials_in_memory, **cfg.options())
+    if dw is not None and db is not None:
+        column_sums(dw_partial, dw, db_partial, db)
+    elif dw is not None or db is not None:
+        column_sums(dw_partial, dw) if dw is not None else column_sums(db_partial, db)
+    return dh, dx, dw, db
 
 
 def dropout_keep_mask(rows: int, n: int, p: float, seed: int, device):
-    import torch
-
-    keep = torch.empty((rows, n), dtype=torch.int8, device=device)
-    block_n, warps = row_config(n)
-    dropout_keep_kernel[(rows,)](keep, n, p, seed, BLOCK_N=block_n, num_warps=warps)
-    return keep.bool()
+    """The keep-mask the kernels above draw for a [rows, n] input (for tests and debugging)."""
+    return dropout.keep_mask(rows, n, p, seed, 0, device)

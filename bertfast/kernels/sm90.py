@@ -1,158 +1,625 @@
-"""Compile every kernel for sm_90 without a GPU and read ptxas' resource report (registers, spills),
-the shared memory asked for, and how the matmuls were lowered (tensor-core wgmma/mma or CUDA-core FMA).
+"""A static roofline model of every kernel bertfast launches, for an H200 (sm_90), without a GPU.
 
-`python -m bertfast.kernels.sm90` prints the table; tests/test_sm90_compile.py asserts no spills, shared
-memory within the limit, and tensor cores for the fp16/bf16 attention matmuls.
-The configurations are the ones the launchers pick (bertfast.kernels.launch) at BERT's sizes.
+What is compiled is what launches: the public ops run on meta tensors inside bertfast.kernels.trace,
+which records each Triton launch with its grid, its arguments and the JIT's own specialisation (pointer
+alignment, integers divisible by 16); each distinct variant is compiled for sm_90 exactly as the JIT
+would. The CUDA extension's kernels are read from the built bertfast._C, with the launch configuration
+its own C++ launcher computes (bertfast._C.launch_config).
+
+For each launch at BERT's shapes (T = 16,384 tokens; S = 128/512/1024 for attention) the model reads the
+cubin (cuobjdump -sass, -res-usage) and the TTGIR and reports: registers, spills, shared memory, blocks
+and warps per SM, waves over the SMs, the share of global memory instructions that move 128 bits, how
+each tl.dot lowered (wgmma = HGMMA, mma.sync = HMMA, FMA), SASS instructions per warp (in total and
+per loop trip), the minimum HBM bytes and the FLOPs, and four floors:
+  memory   minimum bytes / measured copy bandwidth
+  latency  the same, scaled up when the loads in flight per SM are too few for Little's law
+  issue    SASS instructions executed (per warp x warps launched) / 4 warp-instructions per clock per SM
+  tensor   FLOPs / the rate of the unit the matmuls lowered to (wgmma, mma.sync, FMA)
+The predicted time is the largest floor; the report prints it with the fraction of copy bandwidth it
+achieves (memory-bound kernels) or of the tensor floor (attention). Constants: bertfast.kernels.h200.
+
+`python -m bertfast.kernels.sm90 [--json PATH]` prints the table and checks the goals (GOALS); it exits 1
+when a goal is missed. tests/test_sm90_compile.py runs it in CI.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
 import re
 import subprocess
+import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import torch
 
-from bertfast.kernels import launch
+from bertfast.kernels import h200
+from bertfast.kernels.trace import Launch, gpu_trace, meta, specialisation
 
-TARGET = GPUTarget("cuda", 90, 32)
-_TRITON_TYPES = {"fp32": "*fp32", "tf32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}  # tf32: fp32 data, TF32 dots
+TOKENS = 16384
+SEQ_LENS = (128, 512, 1024)
+# The goals (issue: static roofline): predicted fraction of the copy bandwidth, by kernel family.
+GOALS = {"elementwise/LayerNorm forward": 0.85, "elementwise/LayerNorm backward": 0.75, "embedding": 0.70}
+MODELS = {  # name: (hidden, intermediate, heads)
+    "base": (768, 3072, 12),
+    "large": (1024, 4096, 16),
+    "large-d128": (1024, 4096, 8),
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-SM90_MAX_SHARED_BYTES = 227 * 1024  # the most shared memory one block may opt into on sm_90 (H100/H200)
+def _target():
+    from triton.backends.compiler import GPUTarget
+
+    return GPUTarget("cuda", 90, 32)
 
 
+def _bin(tool: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
+
+
+# Scenarios: the ops of a BERT training step, run on meta tensors -----------------------------------------
 @dataclass
-class Report:
-    name: str
-    registers: int
-    spill_stores: int
-    spill_loads: int
-    shared_bytes: int
-    matmul: str  # how tl.dot was lowered: "wgmma" / "mma" (tensor cores), "fma" (CUDA cores), "" (no dot)
-
-    def row(self) -> str:
-        return (f"{self.name:<58} regs {self.registers:>3}  spill stores {self.spill_stores:>4}B  "
-                f"spill loads {self.spill_loads:>4}B  shared {self.shared_bytes:>6}B  {self.matmul}")
+class Scenario:
+    """One op at one shape, forward and backward. `training` scenarios (bf16, dropout on) are the ones the
+    goals are checked on."""
+    label: str
+    family: str  # "layer_norm", "bias_gelu", "attention", "embedding"
+    run: Callable[[], None]
+    training: bool = False
 
 
-def matmul_kind(ptx: str, has_dot: bool) -> str:
-    if "wgmma.mma_async" in ptx:
-        return "wgmma"
-    if re.search(r"\bmma\.sync", ptx):
-        return "mma"
-    return "fma" if has_dot else ""
+def _grad(out, inputs):
+    torch.autograd.grad(out, [t for t in inputs if t.requires_grad], meta(*out.shape, dtype=out.dtype))
 
 
-def _ptxas() -> str:
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+def _layer_norm(tokens, hidden, dtype, p, residual):
+    from bertfast import ops
+
+    def run():
+        x = meta(tokens, hidden, dtype=dtype, requires_grad=True)
+        r = meta(tokens, hidden, dtype=dtype, requires_grad=True) if residual else None
+        w, b = (meta(hidden, dtype=torch.float32, requires_grad=True) for _ in range(2))
+        y = ops.fused_residual_layer_norm(x, r, w, b, 1e-12, p, training=p > 0, seed=1)
+        _grad(y, [x, r, w, b] if residual else [x, w, b])
+    return run
 
 
-def compile_report(name: str, fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int = 3) -> Report:
-    sig = dict(signature)
-    for key in constexprs:
-        sig[key] = "constexpr"
-    compiled = triton.compile(ASTSource(fn, sig, constexprs), target=TARGET,
-                              options={"num_warps": num_warps, "num_stages": num_stages})
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = os.path.join(tmp, "k.ptx")
-        with open(ptx, "w") as f:
-            f.write(compiled.asm["ptx"])
-        out = subprocess.run([_ptxas(), "-v", "--gpu-name", "sm_90a" if "sm_90a" in compiled.asm["ptx"] else "sm_90",
-                              ptx, "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True, check=True)
-    text = out.stdout + out.stderr
-    regs = int(re.search(r"Used (\d+) registers", text).group(1))
-    stores, loads = (int(x) for x in re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text).groups())
-    has_dot = name.startswith("attention")  # the only kernels with matmuls (tl.dot)
-    return Report(name, regs, stores, loads, compiled.metadata.shared, matmul_kind(compiled.asm["ptx"], has_dot))
+def _bias_gelu(tokens, inter, dtype):
+    from bertfast import ops
+
+    def run():
+        x = meta(tokens, inter, dtype=dtype, requires_grad=True)
+        b = meta(inter, dtype=dtype, requires_grad=True)
+        _grad(ops.fused_bias_gelu(x, b), [x, b])
+    return run
 
 
-def _ptr(dtype: str) -> str:
-    return _TRITON_TYPES[dtype]
+def _attention(tokens, seq, heads, head_dim, dtype, p, varlen):
+    from bertfast import ops
+
+    def run():
+        batch = tokens // seq
+        if varlen:
+            q, k, v = (meta(tokens, heads, head_dim, dtype=dtype, requires_grad=True) for _ in range(3))
+            cu = torch.empty(batch + 1, dtype=torch.int32, device="meta")
+            out = ops.fused_attention_varlen(q, k, v, cu, seq, p, None, training=p > 0, seed=1, validate=False)
+        else:  # the model's layout: [B, S, heads, D] projections viewed as [B, heads, S, D]
+            q, k, v = (meta(batch, seq, heads, head_dim, dtype=dtype, requires_grad=True) for _ in range(3))
+            mask = torch.empty(batch, seq, dtype=torch.bool, device="meta")
+            out = ops.fused_attention(*(t.transpose(1, 2) for t in (q, k, v)), mask, p, None, training=p > 0, seed=1)
+        _grad(out, [q, k, v])
+    return run
 
 
-def cases():
-    """(name, fn, signature, constexprs, num_warps, num_stages) for each kernel at the launch configurations used."""
-    from bertfast.kernels import attention, bias_gelu, embedding_layer_norm, layer_norm
+def _embedding(tokens, hidden, dtype, seq):
+    from bertfast import ops
 
+    def run():
+        batch = tokens // seq
+        ids = torch.empty(batch, seq, dtype=torch.long, device="meta")
+        word = meta(30522, hidden, dtype=dtype, requires_grad=True)
+        types = meta(2, hidden, dtype=dtype, requires_grad=True)
+        pos = meta(512 if hidden == 768 else 1024, hidden, dtype=dtype, requires_grad=True)
+        out = ops.embedding_sum(ids, ids, ids, word, types, pos, padding_idx=0)
+        _grad(out, [word, types, pos])
+    return run
+
+
+def scenarios() -> list[Scenario]:
+    """Every op of BERT-base/large training and inference at T tokens, in bf16, fp16 and fp32, dropout on
+    (p = 0.1, training) and off; attention packed (varlen) and padded with a key mask, head dim 64 and 128."""
     out = []
-    for dtype in ("fp32", "bf16"):
-        for n in (3072, 4096, 1000):
-            bm, bn, w = launch.elementwise_config(n)
-            out.append((f"bias_gelu_fwd {dtype} n={n}", bias_gelu.bias_gelu_fwd_kernel,
-                        {"X": _ptr(dtype), "B": _ptr(dtype), "Y": _ptr(dtype), "M": "i32", "N": "i32"},
-                        {"BLOCK_M": bm, "BLOCK_N": bn, "APPROX_TANH": False}, w, 3))
-            bm, bn, w = launch.column_reduction_config(n)
-            out.append((f"bias_gelu_bwd {dtype} n={n} tanh", bias_gelu.bias_gelu_bwd_kernel,
-                        {"DY": _ptr(dtype), "X": _ptr(dtype), "B": _ptr(dtype), "DX": _ptr(dtype),
-                         "DB_PARTIAL": "*fp32", "M": "i32", "N": "i32"},
-                        {"BLOCK_M": bm, "BLOCK_N": bn, "APPROX_TANH": True}, w, 3))
-        for n in (384, 768, 1024, 4096, 8192):
-            bn, w = launch.row_config(n)
-            act = _ptr(dtype)
-            out.append((f"residual_layer_norm_fwd {dtype} n={n} dropout", layer_norm.residual_layer_norm_fwd_kernel,
-                        {"X": act, "R": act, "W": "*fp32", "B": "*fp32", "Y": act, "MEAN": "*fp32", "RSTD": "*fp32",
-                         "N": "i32", "eps": "fp32", "p": "fp32", "seed": "i32"},
-                        {"BLOCK_N": bn, "HAS_RESIDUAL": True, "HAS_DROPOUT": True, "HAS_WEIGHT": True, "HAS_BIAS": True}, w, 3))
-            out.append((f"residual_layer_norm_bwd {dtype} n={n} dropout", layer_norm.residual_layer_norm_bwd_kernel,
-                        {"DY": act, "X": act, "R": act, "W": "*fp32", "MEAN": "*fp32", "RSTD": "*fp32", "DH": act,
-                         "DX": act, "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "M": "i32", "N": "i32", "p": "fp32",
-                         "seed": "i32"},
-                        {"BLOCK_N": bn, "HAS_RESIDUAL": True, "HAS_DROPOUT": True, "HAS_WEIGHT": True,
-                         "WRITE_DX": True, "PARTIALS_IN_MEMORY": launch.partials_in_memory(bn)}, w, 3))
-    for dtype in ("fp32", "bf16"):
-        for n in (768, 1024):
-            bn, w = launch.row_config(n)
-            act = _ptr(dtype)
-            out.append((f"embedding_layer_norm_fwd {dtype} n={n}", embedding_layer_norm.embedding_layer_norm_fwd_kernel,
-                        {"IDS": "*i64", "TYPE_IDS": "*i64", "POS_IDS": "*i64", "WORD": act, "TYPE": act, "POS": act,
-                         "W": "*fp32", "B": "*fp32", "Y": act, "N": "i32", "eps": "fp32"},
-                        {"BLOCK_N": bn, "HAS_WEIGHT": True, "HAS_BIAS": True}, w, 3))
-    attention_cases = [(d, h, True) for d, h in (("bf16", 64), ("bf16", 128), ("fp16", 64), ("fp32", 64), ("fp32", 128),
-                                                 ("tf32", 64))]
-    attention_cases += [("bf16", 64, False), ("bf16", 128, False), ("fp32", 64, False)]  # padded, key mask
-    for dtype, head_dim, varlen in attention_cases:
-        import torch
-
-        cfg = launch.attention_config(head_dim, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                                                 "tf32": torch.float32}[dtype])
-        act = _ptr(dtype)
-        strides = {n: "i32" for n in ("stride_b", "stride_s", "stride_h", "o_stride_b", "o_stride_s", "o_stride_h",
-                                      "stride_mb", "H", "S")}
-        flags = {"HEAD_DIM": head_dim, "VARLEN": varlen, "HAS_MASK": not varlen, "HAS_DROPOUT": True, "DOT_FP32": False,
-                 "IEEE": dtype == "fp32"}
-        mode = "varlen" if varlen else "padded+mask"
-        base = {"MASK": "*i8", "CU": "*i32", "sm_scale": "fp32", "p": "fp32", "seed": "i32"}
-        out.append((f"attention_fwd {dtype} d={head_dim} {mode} dropout", attention.attention_fwd_kernel,
-                    {"Q": act, "K": act, "V": act, "O": act, "LSE": "*fp32", **base, **strides},
-                    {"BLOCK_M": cfg.fwd_m, "BLOCK_N": cfg.fwd_n, **flags}, cfg.fwd_warps, cfg.fwd_stages))
-        out.append((f"attention_bwd_dkdv {dtype} d={head_dim} {mode} dropout", attention.attention_bwd_dkdv_kernel,
-                    {"Q": act, "K": act, "V": act, "DO": act, "DK": act, "DV": act, "LSE": "*fp32", "DELTA": "*fp32",
-                     **base, **strides},
-                    {"BLOCK_M": cfg.bwd_m, "BLOCK_N": cfg.bwd_n, **flags}, cfg.bwd_warps, cfg.bwd_stages))
-        out.append((f"attention_bwd_dq {dtype} d={head_dim} {mode} dropout", attention.attention_bwd_dq_kernel,
-                    {"Q": act, "K": act, "V": act, "DO": act, "DQ": act, "LSE": "*fp32", "DELTA": "*fp32",
-                     **base, **strides},
-                    {"BLOCK_M": cfg.bwd_n, "BLOCK_N": cfg.bwd_m, **flags}, cfg.bwd_warps, cfg.bwd_stages))
+    for model, (hidden, inter, heads) in MODELS.items():
+        for dname, dtype in DTYPES.items():
+            train = dname == "bf16"
+            if model != "large-d128":
+                for p in (0.1, 0.0):
+                    out.append(Scenario(f"residual_layer_norm {model} {dname} p={p}", "layer_norm",
+                                        _layer_norm(TOKENS, hidden, dtype, p, True), train and p > 0))
+                out.append(Scenario(f"layer_norm (embeddings) {model} {dname}", "layer_norm",
+                                    _layer_norm(TOKENS, hidden, dtype, 0.0, False), train))
+                out.append(Scenario(f"bias_gelu {model} {dname}", "bias_gelu", _bias_gelu(TOKENS, inter, dtype), train))
+                out.append(Scenario(f"embedding_sum {model} {dname}", "embedding",
+                                    _embedding(TOKENS, hidden, dtype, 512), train))
+            for varlen in (True, False):
+                for p in (0.1, 0.0):
+                    for seq in SEQ_LENS:
+                        mode = "varlen" if varlen else "padded"
+                        out.append(Scenario(f"attention {model} {dname} {mode} S={seq} p={p}", "attention",
+                                            _attention(TOKENS, seq, heads, hidden // heads, dtype, p, varlen),
+                                            train and p > 0 and varlen))
     return out
 
 
-def all_reports() -> list[Report]:
-    return [compile_report(*case) for case in cases()]
+def traced(scenario: Scenario) -> list[Launch]:
+    with gpu_trace() as events:
+        scenario.run()
+    return events
+
+
+# Variants: what the JIT compiles ---------------------------------------------------------------------
+def variant_key(launch: Launch) -> str:
+    """Everything that makes triton's JIT compile a different binary for this launch."""
+    signature, constexprs, attrs, options = specialisation(launch, _target())
+    return json.dumps([launch.name, signature, sorted((str(k), repr(v)) for k, v in constexprs.items()),
+                       sorted((str(k), v) for k, v in attrs.items()), options.num_warps, options.num_stages],
+                      sort_keys=True)
+
+
+def variant_name(launch: Launch) -> str:
+    """A readable name: kernel, activation dtype, the non-default constexprs, warps and stages."""
+    signature, constexprs, _, options = specialisation(launch, _target())
+    dtype = next((v[1:] for v in signature.values() if v.startswith("*") and v[1:] in ("bf16", "fp16", "fp32")), "")
+    flags = []
+    for (index,), value in sorted(constexprs.items()):
+        name = launch.kernel.params[index].name
+        if value is True:
+            flags.append(name)
+        elif value is not False and not name.startswith("HAS_") and isinstance(value, int):
+            flags.append(f"{name}={value}")
+    return f"{launch.name.removesuffix('_kernel')} {dtype} {' '.join(flags)} w{options.num_warps}s{options.num_stages}"
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compile_launch(launch: Launch):
+    """triton's CompiledKernel for this launch, compiled for sm_90 exactly as the JIT would."""
+    key = variant_key(launch)
+    if key not in _COMPILED:
+        import triton
+        from triton.compiler import ASTSource
+
+        signature, constexprs, attrs, options = specialisation(launch, _target())
+        _COMPILED[key] = triton.compile(ASTSource(launch.kernel, signature, constexprs, attrs), target=_target(),
+                                        options=options.__dict__)
+    return _COMPILED[key]
+
+
+def launched_variants(selected: list[Scenario] | None = None) -> dict[str, tuple[Launch, list[tuple[Scenario, Launch]]]]:
+    """key -> (first launch, every (scenario, launch) using it), over the Triton launches of the scenarios."""
+    out: dict[str, tuple[Launch, list]] = {}
+    for scenario in selected if selected is not None else scenarios():
+        for launch in traced(scenario):
+            if launch.kind == "triton":
+                key = variant_key(launch)
+                out.setdefault(key, (launch, []))[1].append((scenario, launch))
+    return out
+
+
+def compiled_variants() -> Iterator[tuple[str, object]]:
+    """(name, triton CompiledKernel) for every Triton variant bertfast launches for BERT-base/large
+    (bf16/fp16/fp32, dropout on/off, packed and padded attention, head dims 64 and 128)."""
+    for key, (launch, _) in launched_variants().items():
+        yield variant_name(launch), compile_launch(launch)
+
+
+# Reading the compiled code ---------------------------------------------------------------------------
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[0-9T]+\s+)?([A-Z][A-Za-z0-9_.]*)([^;]*);")
+
+
+@dataclass
+class Sass:
+    """What the static model needs from one kernel's SASS."""
+    instructions: list[tuple[int, str, str]]  # (address, opcode with modifiers, operands)
+    loops: list[tuple[int, int]]  # (first, last) instruction index of each loop (a backward branch)
+
+    @classmethod
+    def parse(cls, text: str) -> Sass:
+        instructions = []
+        for match in _INSTRUCTION.finditer(text):
+            address, _, opcode, operands = match.groups()
+            instructions.append((int(address, 16), opcode, operands.strip()))
+        # Drop the padding after the code: NOPs and the final branch-to-itself.
+        while instructions and (instructions[-1][1] == "NOP" or (
+                instructions[-1][1] == "BRA" and instructions[-1][2].startswith(f"0x{instructions[-1][0]:x}"))):
+            instructions.pop()
+        index = {address: i for i, (address, _, _) in enumerate(instructions)}
+        loops = []
+        for i, (address, opcode, operands) in enumerate(instructions):
+            if opcode.startswith("BRA") and operands.startswith("0x"):
+                target = int(operands.split()[0].rstrip(","), 16)
+                if target <= address and target in index:
+                    loops.append((index[target], i))
+        return cls(instructions, loops)
+
+    def outer_loops(self) -> list[tuple[int, int]]:
+        return [lp for lp in self.loops if not any(o != lp and o[0] <= lp[0] and lp[1] <= o[1] for o in self.loops)]
+
+    def counts(self, trips: float) -> dict[int, float]:
+        """Executed count of each instruction index, every outer loop running `trips` times (the
+        kernel's loops are not nested; a nested loop is counted as running once per outer trip)."""
+        weight = {i: 1.0 for i in range(len(self.instructions))}
+        for first, last in self.outer_loops():
+            for i in range(first, last + 1):
+                weight[i] = max(trips, 0.0)
+        return weight
+
+    def executed(self, trips: float) -> float:
+        return sum(self.counts(trips).values())
+
+    def per_trip(self) -> int:
+        loops = self.outer_loops()
+        return sum(last - first + 1 for first, last in loops)
+
+    def opcode_count(self, prefix: str, trips: float | None = None) -> float:
+        weights = self.counts(trips) if trips is not None else {i: 1.0 for i in range(len(self.instructions))}
+        return sum(w for i, w in weights.items() if self.instructions[i][1].split(".")[0] == prefix)
+
+    def memory_widths(self, trips: float) -> dict[str, float]:
+        """Executed global loads/stores by width in bits (LDG, STG, LDGSTS = cp.async)."""
+        out: dict[str, float] = {}
+        for i, w in self.counts(trips).items():
+            opcode = self.instructions[i][1]
+            base = opcode.split(".")[0]
+            if base not in ("LDG", "STG", "LDGSTS"):
+                continue
+            parts = opcode.split(".")
+            width = 32
+            for part in parts[1:]:
+                if part in ("128", "64"):
+                    width = int(part)
+                elif part in ("U16", "S16"):
+                    width = 16
+                elif part in ("U8", "S8"):
+                    width = 8
+            out[str(width)] = out.get(str(width), 0.0) + w
+        return out
+
+
+def _sass_text(cubin: bytes) -> tuple[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        sass = subprocess.run([_bin("cuobjdump"), "-sass", path], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([_bin("cuobjdump"), "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    return sass, res
+
+
+def dot_lowering(ttgir: str) -> list[str]:
+    """How each tl.dot was lowered, in program order: 'wgmma' (Hopper warpgroup MMA, HGMMA), 'mma'
+    (mma.sync, HMMA) or 'fma' (CUDA cores)."""
+    versions = dict(re.findall(r"^#(mma\d*) = #ttg\.nvidia_mma<\{versionMajor = (\d)", ttgir, re.M))
+    out = []
+    for line in ttgir.splitlines():
+        if "ttng.warp_group_dot " in line:
+            out.append("wgmma")
+        elif re.search(r"= tt\.dot ", line):
+            enc = re.search(r"-> tensor<[^,>]*, #(\w+)>", line)
+            version = versions.get(enc.group(1)) if enc else None
+            out.append("wgmma" if version == "3" else "mma" if version == "2" else "fma")
+    return out
+
+
+@dataclass
+class Binary:
+    """Static facts of one compiled variant."""
+    name: str
+    registers: int
+    spill_bytes: int
+    local_bytes: int
+    shared_bytes: int
+    warps: int
+    stages: int
+    dots: list[str]
+    sass: Sass = field(repr=False)
+
+    @classmethod
+    def of_triton(cls, launch: Launch) -> Binary:
+        compiled = compile_launch(launch)
+        sass_text, res = _sass_text(compiled.asm["cubin"])
+        usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res)
+        regs, stack, _, local = (int(x) for x in usage.groups())
+        _, _, _, options = specialisation(launch, _target())
+        spills = _ptxas_spills(compiled.asm["ptx"])
+        return cls(variant_name(launch), regs, spills, local + stack, compiled.metadata.shared, options.num_warps,
+                   options.num_stages, dot_lowering(compiled.asm["ttgir"]), Sass.parse(sass_text))
+
+    def blocks_per_sm(self, block_threads: int | None = None) -> int:
+        warps = self.warps if block_threads is None else math.ceil(block_threads / 32)
+        per_warp = math.ceil(max(self.registers, 1) * 32 / h200.REGISTER_ALLOCATION_UNIT) * h200.REGISTER_ALLOCATION_UNIT
+        by_regs = (h200.REGISTERS_PER_SM // per_warp) // warps
+        by_shared = h200.SHARED_BYTES_PER_SM // (self.shared_bytes + h200.SHARED_RESERVED_PER_BLOCK)
+        by_warps = h200.MAX_WARPS_PER_SM // warps
+        return max(0, min(by_regs, by_shared, by_warps, h200.MAX_BLOCKS_PER_SM))
+
+
+def _ptxas_spills(ptx: str) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        arch = "sm_90a" if "sm_90a" in ptx else "sm_90"
+        out = subprocess.run([_bin("ptxas"), "-v", "--gpu-name", arch, path, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True, check=True)
+    stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out.stdout + out.stderr).groups()
+    return int(stores) + int(loads)
+
+
+# The work each launch must do ------------------------------------------------------------------------
+@dataclass
+class Work:
+    bytes: float  # minimum HBM traffic (each input read once, each output written once)
+    flops: float = 0.0
+    trips: float = 0.0  # iterations of the kernel's loop, per program
+    in_flight_per_block: float = 0.0  # bytes of global loads a block has outstanding at once
+
+
+def _b(t) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def _work(launch: Launch, binary: Binary) -> Work:
+    """Minimum bytes, FLOPs, loop trips of one launch, from its arguments (meta tensors: shapes only)."""
+    a = launch.bound_args()
+    name = launch.name
+    programs = launch.grid[0] * launch.grid[1] * launch.grid[2]
+    if name.startswith("residual_layer_norm_fwd"):
+        rows = a["X"].shape[0]
+        moved = _b(a["X"]) + _b(a["Y"]) + 8 * rows + (_b(a["R"]) if a["HAS_RESIDUAL"] else 0)
+        return Work(moved, in_flight_per_block=(_b(a["X"]) + (_b(a["R"]) if a["HAS_RESIDUAL"] else 0)) / programs)
+    if name.startswith("residual_layer_norm_bwd"):
+        rows = a["X"].shape[0]
+        reads = _b(a["DY"]) + _b(a["X"]) + (_b(a["R"]) if a["HAS_RESIDUAL"] else 0) + 8 * rows
+        writes = _b(a["DH"]) + (_b(a["DX"]) if a["WRITE_DX"] else 0) + 2 * _b(a["DW_PARTIAL"])
+        rows_per_trip = a["ROWS"]
+        trips = rows / (programs * rows_per_trip)
+        # The loop loads the next step's rows before working on the current ones: two steps in flight.
+        return Work(reads + writes, trips=trips, in_flight_per_block=2 * reads / rows * rows_per_trip)
+    if name.startswith("column_sums"):
+        sums = 2 if a["HAS_B"] else 1
+        return Work(sums * (_b(a["A"]) + _b(a["OUT_A"])), trips=a["A"].shape[0] / a["BLOCK_M"])
+    if name.startswith("bias_gelu_fwd"):
+        return Work(_b(a["X"]) + _b(a["Y"]), in_flight_per_block=_b(a["X"]) / programs)
+    if name.startswith("bias_gelu_bwd"):
+        moved = _b(a["DY"]) + _b(a["X"]) + _b(a["DX"]) + _b(a["DB_PARTIAL"])
+        return Work(moved, in_flight_per_block=(_b(a["DY"]) + _b(a["X"])) / programs)
+    if name.startswith("attention"):
+        return _attention_work(launch, a)
+    raise KeyError(f"no work model for kernel {name}: add one to bertfast.kernels.sm90._work")
+
+
+def _attention_work(launch: Launch, a: dict) -> Work:
+    q = a["Q"] if "Q" in a else a["O"]
+    seq = a["S"]
+    heads = a["H"]
+    head_dim = a["HEAD_DIM"]
+    if a["VARLEN"]:
+        batch = a["CU"].shape[0] - 1
+    else:
+        batch = q.shape[0]
+    tokens = batch * seq
+    act = tokens * heads * head_dim * q.element_size()
+    pairs = batch * heads * seq * seq  # (query, key) pairs: every sequence full length
+    lse = batch * heads * seq * 4
+    name = launch.name
+    if name.startswith("attention_fwd"):
+        return Work(4 * act + lse, flops=4 * pairs * head_dim, trips=math.ceil(seq / a["BLOCK_N"]),
+                    in_flight_per_block=2 * a["BLOCK_N"] * head_dim * q.element_size() * (max(1, _stages(launch) - 1)))
+    if name.startswith("attention_bwd_preprocess"):
+        return Work(2 * act + lse)
+    if name.startswith("attention_bwd_dkdv"):
+        return Work(6 * act + 2 * lse, flops=8 * pairs * head_dim, trips=math.ceil(seq / a["BLOCK_M"]),
+                    in_flight_per_block=2 * a["BLOCK_M"] * head_dim * q.element_size() * (max(1, _stages(launch) - 1)))
+    if name.startswith("attention_bwd_dq"):
+        return Work(5 * act + 2 * lse, flops=6 * pairs * head_dim, trips=math.ceil(seq / a["BLOCK_N"]),
+                    in_flight_per_block=2 * a["BLOCK_N"] * head_dim * q.element_size() * (max(1, _stages(launch) - 1)))
+    raise KeyError(name)
+
+
+def _stages(launch: Launch) -> int:
+    return launch.kwargs.get("num_stages", 3)
+
+
+# The prediction --------------------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    scenario: str
+    family: str
+    training: bool
+    variant: str
+    kernel: str
+    grid: int
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    blocks_per_sm: int
+    warps_per_sm: int
+    waves: float
+    share_128bit: float  # of the bytes executed global loads/stores move (all lanes counted)
+    dots: list[str]
+    instructions_per_warp: float
+    instructions_per_trip: int
+    trips: float
+    hgmma: float
+    hmma: float
+    bytes: float
+    flops: float
+    bytes_in_flight_per_sm: float
+    memory_us: float
+    latency_us: float
+    issue_us: float
+    tensor_us: float
+    predicted_us: float
+    bound: str
+    fraction_of_copy: float
+    fraction_of_tensor: float
+
+
+def predict(scenario: Scenario, launch: Launch, binary: Binary) -> Prediction:
+    work = _work(launch, binary)
+    blocks = launch.grid[0] * launch.grid[1] * launch.grid[2]
+    per_sm = binary.blocks_per_sm()
+    if per_sm == 0:
+        raise RuntimeError(f"{binary.name}: does not fit on an SM (registers {binary.registers}, "
+                           f"shared {binary.shared_bytes} B)")
+    resident = min(per_sm, math.ceil(blocks / h200.SMS))
+    waves = blocks / (per_sm * h200.SMS)
+    warps_launched = blocks * binary.warps
+    sass = binary.sass
+    executed = sass.executed(work.trips)
+    widths = sass.memory_widths(work.trips)
+    # Share of the bytes global memory instructions move (every lane counted) that 128-bit ones move.
+    share_128 = widths.get("128", 0.0) * 128 / max(sum(float(w) * n for w, n in widths.items()), 1e-9)
+    memory = work.bytes / h200.COPY_BYTES_PER_S
+    in_flight = resident * work.in_flight_per_block
+    latency = memory / min(1.0, in_flight / h200.BYTES_IN_FLIGHT_PER_SM) if in_flight else memory
+    resident_warps = resident * binary.warps
+    issue_rate = h200.ISSUE_PER_S * min(1.0, resident_warps / h200.ISSUE_PER_CLOCK_PER_SM)
+    issue = executed * warps_launched / issue_rate
+    hgmma = sass.opcode_count("HGMMA", work.trips)
+    hmma = sass.opcode_count("HMMA", work.trips)
+    tensor = 0.0
+    if work.flops:
+        if "fma" in binary.dots:
+            tensor = work.flops / h200.FP32_FMA_FLOPS
+        else:
+            # HGMMA.64xNx16 is issued by each of a warpgroup's 4 warps; HMMA.16816 does 16x8x16 per warp.
+            weights = sass.counts(work.trips)
+            hgmma_flops = sum(w * _hgmma_flops(sass.instructions[i][1]) for i, w in weights.items()
+                              if sass.instructions[i][1].startswith("HGMMA"))
+            hmma_flops = 4096.0 * hmma
+            share_mma = hmma_flops / max(hgmma_flops + hmma_flops, 1e-9)
+            tf32 = any(".TF32" in op for _, op, _ in sass.instructions if "MMA" in op)
+            fast = h200.TF32_MATMUL_FLOPS if tf32 else h200.BF16_MATMUL_FLOPS
+            tensor = work.flops * ((1 - share_mma) / fast + share_mma / h200.MMA_SYNC_FLOPS)
+    floors = {"memory": memory, "latency": latency, "issue": issue, "tensor": tensor}
+    bound = max(floors, key=floors.get)
+    predicted = floors[bound]
+    return Prediction(
+        scenario.label, scenario.family, scenario.training, binary.name, launch.name, blocks, binary.registers,
+        binary.spill_bytes, binary.shared_bytes, per_sm, per_sm * binary.warps, round(waves, 2), round(share_128, 3),
+        binary.dots, round(executed, 1), sass.per_trip(), round(work.trips, 2), hgmma, hmma, work.bytes, work.flops,
+        round(in_flight), memory * 1e6, latency * 1e6, issue * 1e6, tensor * 1e6, predicted * 1e6, bound,
+        round(memory / predicted, 3) if predicted else 0.0, round(tensor / predicted, 3) if predicted else 0.0)
+
+
+def _hgmma_flops(opcode: str) -> float:
+    m, n, k = (int(x) for x in re.search(r"HGMMA\.(\d+)x(\d+)x(\d+)", opcode).groups())
+    return 2.0 * m * n * k / 4  # per warp: the warpgroup's four warps each issue the instruction
+
+
+# The report ------------------------------------------------------------------------------------------
+def _family_goal(p: Prediction) -> tuple[str, float] | None:
+    if p.family == "attention":
+        return None
+    if p.family == "embedding":
+        return "embedding", GOALS["embedding"]
+    backward = "_bwd" in p.kernel or "grad" in p.kernel
+    key = "elementwise/LayerNorm backward" if backward else "elementwise/LayerNorm forward"
+    return key, GOALS[key]
+
+
+def check(predictions: list[Prediction]) -> list[str]:
+    """The goals the model is held to (issue: static roofline, point 4); returns what is missed."""
+    problems = []
+    for p in predictions:
+        if p.spill_bytes:
+            problems.append(f"{p.variant}: {p.spill_bytes} B of register spills")
+        if p.shared_bytes > h200.SHARED_BYTES_PER_BLOCK:
+            problems.append(f"{p.variant}: {p.shared_bytes} B of shared memory, over sm_90's {h200.SHARED_BYTES_PER_BLOCK}")
+        if p.family == "attention" and " fp32 " not in f" {p.variant} ":
+            if any(d != "wgmma" for d in p.dots) or p.hmma:
+                problems.append(f"{p.variant}: a tl.dot not on wgmma ({p.dots}, {p.hmma:.0f} HMMA)")
+        goal = _family_goal(p)
+        if goal and p.training:
+            name, target = goal
+            # Tiny launches (finalize steps of a few hundred KB) are bound by their launch, not their kind.
+            if p.bytes >= 4e6 and p.fraction_of_copy < target:
+                problems.append(f"{p.scenario} / {p.variant}: predicted {p.fraction_of_copy:.0%} of copy bandwidth, "
+                                f"goal {target:.0%} ({name}; bound by {p.bound})")
+            if p.bytes >= 4e6 and p.share_128bit < 0.85:
+                problems.append(f"{p.scenario} / {p.variant}: only {p.share_128bit:.0%} of global memory "
+                                "instructions move 128 bits")
+    return problems
+
+
+def model(selected: list[Scenario] | None = None, workers: int | None = None) -> list[Prediction]:
+    """Predictions for every launch of the scenarios (all by default)."""
+    chosen = selected if selected is not None else scenarios()
+    pairs = []
+    for scenario in chosen:
+        for launch in traced(scenario):
+            if launch.kind == "triton":
+                pairs.append((scenario, launch))
+    keys = {}
+    for scenario, launch in pairs:
+        keys.setdefault(variant_key(launch), launch)
+    binaries = _binaries(list(keys.values()), workers)
+    return [predict(s, launch, binaries[variant_key(launch)]) for s, launch in pairs]
+
+
+def _binaries(launches: list[Launch], workers: int | None) -> dict[str, Binary]:
+    """Compile (in parallel where there are cores) and read each variant."""
+    out = {}
+    for launch in launches:
+        out[variant_key(launch)] = Binary.of_triton(launch)
+    return out
+
+
+def _table(predictions: list[Prediction]) -> str:
+    head = (f"{'scenario':<44} {'kernel':<28} {'regs':>4} {'blk/SM':>6} {'waves':>6} {'128b':>5} {'instr/warp':>10} "
+            f"{'/trip':>5} {'MB':>7} {'mem us':>7} {'issue us':>8} {'tensor us':>9} {'pred us':>8} {'bound':>7} "
+            f"{'%copy':>6} {'%tensor':>7}  dots")
+    rows = [head]
+    for p in predictions:
+        rows.append(f"{p.scenario:<44} {p.kernel.removesuffix('_kernel'):<28} {p.registers:>4} {p.blocks_per_sm:>6} "
+                    f"{p.waves:>6.2f} {p.share_128bit:>5.0%} {p.instructions_per_warp:>10.0f} {p.instructions_per_trip:>5} "
+                    f"{p.bytes / 1e6:>7.1f} {p.memory_us:>7.1f} {p.issue_us:>8.1f} {p.tensor_us:>9.1f} "
+                    f"{p.predicted_us:>8.1f} {p.bound:>7} {p.fraction_of_copy:>6.0%} {p.fraction_of_tensor:>7.0%}  "
+                    f"{','.join(p.dots)}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bertfast.kernels.sm90", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", metavar="PATH", help="also write every prediction as JSON")
+    parser.add_argument("--filter", default="", help="only scenarios whose label contains this")
+    args = parser.parse_args(argv)
+    chosen = [s for s in scenarios() if args.filter in s.label]
+    predictions = model(chosen)
+    print(f"Predicted from compiled code (no GPU) for {h200.NAME}: copy {h200.COPY_BYTES_PER_S / 1e12:.2f} TB/s, "
+          f"bf16 matmul {h200.BF16_MATMUL_FLOPS / 1e12:.0f} TFLOP/s, {h200.SMS} SMs at {h200.CLOCK_HZ / 1e9:.2f} GHz")
+    print(_table(predictions))
+    problems = check(predictions)
+    variants = sorted({p.variant for p in predictions})
+    print(f"{len(predictions)} launches, {len(variants)} compiled variants; goals missed: {len(problems)}")
+    for problem in problems:
+        print("  MISSED", problem)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"target": {k: getattr(h200, k) for k in dir(h200) if k.isupper()},
+                       "goals": GOALS, "predictions": [asdict(p) for p in predictions], "missed": problems},
+                      f, indent=1)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    reports = all_reports()
-    for r in reports:
-        print(r.row())
-    spilled = [r.name for r in reports if r.spill_stores or r.spill_loads]
-    # A kernel asking for more shared memory than a block may have fails at launch ("out of resources"),
-    # which only a GPU would show: check it here against sm_90's limit.
-    too_big = [r.name for r in reports if r.shared_bytes > SM90_MAX_SHARED_BYTES]
-    print(f"{len(reports)} kernels compiled for sm_90; spills in: {spilled or 'none'}; "
-          f"over {SM90_MAX_SHARED_BYTES} B of shared memory: {too_big or 'none'}")
-    raise SystemExit(1 if spilled or too_big else 0)
+    sys.exit(main())

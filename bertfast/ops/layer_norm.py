@@ -34,42 +34,47 @@ def _forward_fake(x, residual, weight, bias, eps, p, seed):
 
 
 def _backward_impl(dy: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
-                   weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, p: float,
-                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   weight: torch.Tensor | None, bias: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+                   p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from bertfast.kernels.layer_norm import residual_layer_norm_backward
 
-    dh, dx, dw, db = residual_layer_norm_backward(dy.contiguous(), x, residual, weight, mean, rstd, p, seed)
-    # Custom-op outputs may not alias each other: when dx equals dh it is returned once, as dh.
-    return dh, (dx if dx is not dh else dh.new_empty(0)), dw, db
+    dh, dx, dw, db = residual_layer_norm_backward(dy.contiguous(), x, residual, weight, bias, mean, rstd, p, seed)
+    # Custom-op outputs may not alias each other: when dx equals dh it is returned once, as dh; a missing
+    # parameter's gradient is an empty placeholder.
+    empty = dh.new_empty(0)
+    return dh, (dx if dx is not dh else empty), (dw if dw is not None else empty), (db if db is not None else empty)
 
 
-def _backward_fake(dy, x, residual, weight, mean, rstd, p, seed):
+def _backward_fake(dy, x, residual, weight, bias, mean, rstd, p, seed):
     from bertfast.kernels.layer_norm import needs_separate_dx
 
-    n = x.shape[1]
-    dx = torch.empty_like(x) if needs_separate_dx(x, residual, p) else x.new_empty(0)
     dh = torch.empty_like(residual if residual is not None else x)
-    return dh, dx, x.new_empty(n, dtype=torch.float32), x.new_empty(n, dtype=torch.float32)
+    empty = dh.new_empty(0)
+    dx = torch.empty_like(x) if needs_separate_dx(x, residual, p) else empty.clone()
+    return (dh, dx, torch.empty_like(weight) if weight is not None else empty.clone(),
+            torch.empty_like(bias) if bias is not None else empty.clone())
 
 
 def _setup_context(ctx, inputs, output):
     x, residual, weight, bias, eps, p, seed = inputs
     _, mean, rstd = output
-    ctx.save_for_backward(x, residual, weight, mean, rstd)
+    ctx.save_for_backward(x, residual, weight, bias, mean, rstd)
     ctx.p, ctx.seed = p, seed
-    ctx.param_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+    ctx.set_materialize_grads(False)  # mean and rstd get no gradient: no zero tensors for them
 
 
 def _backward(ctx, dy, _dmean, _drstd):
-    x, residual, weight, mean, rstd = ctx.saved_tensors
+    x, residual, weight, bias, mean, rstd = ctx.saved_tensors
     from bertfast.kernels.layer_norm import needs_separate_dx
 
-    dh, dx, dw, db = _layer_norm_backward(dy, x, residual, weight, mean, rstd, ctx.p, ctx.seed)
+    if dy is None:
+        return (None,) * 7
+
+    dh, dx, dw, db = _layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, ctx.p, ctx.seed)
     if not needs_separate_dx(x, residual, ctx.p):
         dx = dh  # the op returned an empty placeholder (outputs may not alias)
-    w_dtype, b_dtype = ctx.param_dtypes
-    return (dx, dh if residual is not None else None, dw.to(w_dtype) if w_dtype else None,
-            db.to(b_dtype) if b_dtype else None, None, None, None)
+    return (dx, dh if residual is not None else None, dw if weight is not None else None,
+            db if bias is not None else None, None, None, None)
 
 
 _layer_norm_backward = FusedOp("bertfast::residual_layer_norm_backward", _backward_impl, _backward_fake)

@@ -1,0 +1,77 @@
+"""Dropout masks from a counter-based generator, cheap enough for every training step (p = 0.1 in BERT).
+
+One Philox4x32 call of 7 rounds (flash-attention's Triton LayerNorm uses 7; Triton's tl.rand runs 10 and
+keeps 32 of its 128 bits) gives 128 random bits, and they feed LANES = 8 elements with 16 bits each.
+Element (row, col) of stream `stream` takes lane col % 8 of
+
+    philox(seed, c0 = col // 8, c1 = row, c2 = stream, c3 = 0)
+
+so every element has its own 16 bits for any row, column and stream below 2**32 (no counter overflow),
+and forward and backward kernels that name the same (seed, row, col, stream) draw the same mask.
+An element is kept when its 16 bits are >= threshold(p) = round(p * 65536): the kept probability is
+exactly 1 - threshold / 65536, and kept values are scaled by keep_scale(p), its inverse, so the
+expectation of the output equals the input's (the dropout rate differs from p by at most 2**-17).
+"""
+import triton
+import triton.language as tl
+
+ROUNDS = tl.constexpr(7)
+LANES = tl.constexpr(8)
+BITS = 16
+
+
+def threshold(p: float) -> int:
+    """The 16-bit threshold below which an element is dropped."""
+    return min(max(int(round(p * (1 << BITS))), 0), (1 << BITS) - 1)
+
+
+def keep_scale(p: float) -> float:
+    """1 / (the exact probability of keeping an element): kept values are multiplied by it."""
+    return 1.0 / (1.0 - threshold(p) / (1 << BITS))
+
+
+@triton.jit
+def _lanes(word):
+    """[..., G] uint32 -> [..., G, 2]: its low and high 16 bits."""
+    return tl.join(word & 0xFFFF, word >> 16)
+
+
+@triton.jit
+def random_bits(seed, rows, col0, stream, BLOCK_N: tl.constexpr):
+    """16 random bits (as uint32 in [0, 65536)) for each element of columns col0 .. col0 + BLOCK_N - 1
+    of `rows` (a scalar: [BLOCK_N]; a [BLOCK_M] block: [BLOCK_M, BLOCK_N]). col0 must be a multiple of 8."""
+    groups = col0 // LANES + tl.arange(0, BLOCK_N // LANES)
+    if len(rows.shape) == 0:
+        c0 = groups
+        c1 = rows
+    else:
+        c0 = groups[None, :]
+        c1 = rows[:, None]
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, stream, 0, ROUNDS)
+    # [..., G, 2, 2, 2] -> [..., G * 8]: lane l of group g is column 8 g + l.
+    bits = tl.join(tl.join(_lanes(r0), _lanes(r1)), tl.join(_lanes(r2), _lanes(r3)))
+    if len(rows.shape) == 0:
+        return tl.reshape(bits, (BLOCK_N,))
+    return tl.reshape(bits, (rows.shape[0], BLOCK_N))
+
+
+@triton.jit
+def keep_mask_kernel(KEEP, M, N, threshold, seed, stream, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """KEEP[row, col] = whether the kernels keep element (row, col) of `stream` (for tests)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    keep = random_bits(seed, rows, tl.program_id(1) * BLOCK_N, stream, BLOCK_N) >= threshold
+    tl.store(KEEP + rows[:, None].to(tl.int64) * N + cols[None, :], keep.to(tl.int8),
+             mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+def keep_mask(rows: int, n: int, p: float, seed: int, stream: int = 0, device="cpu"):
+    """[rows, n] bool: the elements the kernels keep for (seed, stream) at dropout probability p."""
+    import torch
+
+    keep = torch.empty((rows, n), dtype=torch.int8, device=device)
+    block_m, block_n = 16, 64
+    if rows and n:
+        keep_mask_kernel[(triton.cdiv(rows, block_m), triton.cdiv(n, block_n))](
+            keep, rows, n, threshold(p), seed, stream, BLOCK_M=block_m, BLOCK_N=block_n)
+    return keep.bool()

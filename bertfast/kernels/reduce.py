@@ -1,0 +1,33 @@
+"""Column sums of fp32 partial rows: the last, deterministic step of the backward kernels that reduce
+over rows (LayerNorm's dweight/dbias, bias+GELU's dbias). Each program sums its columns over the P
+partial rows in a fixed order and writes them once, in the parameter's dtype."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def column_sums_kernel(A, B, OUT_A, OUT_B, P, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_B: tl.constexpr):
+    """OUT_A[c] = sum over the P rows of A[:, c] (A: [P, N] fp32); the same for B when HAS_B."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    acc_a = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc_b = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for first in range(0, P, BLOCK_M):
+        rows = first + tl.arange(0, BLOCK_M)
+        mask = (rows[:, None] < P) & col_ok[None, :]
+        offs = rows[:, None] * N + cols[None, :]
+        acc_a += tl.load(A + offs, mask=mask, other=0.0)
+        if HAS_B:
+            acc_b += tl.load(B + offs, mask=mask, other=0.0)
+    tl.store(OUT_A + cols, tl.sum(acc_a, 0).to(OUT_A.dtype.element_ty), mask=col_ok)
+    if HAS_B:
+        tl.store(OUT_B + cols, tl.sum(acc_b, 0).to(OUT_B.dtype.element_ty), mask=col_ok)
+
+
+def column_sums(a, out_a, b=None, out_b=None) -> None:
+    """out_a = a.sum(0) (and out_b = b.sum(0)), in a fixed order, cast to the outputs' dtypes."""
+    p, n = a.shape
+    block_n = 64
+    column_sums_kernel[(triton.cdiv(n, block_n),)](a, b if b is not None else a, out_a,
+                                                   out_b if out_b is not None else out_a, p, n, BLOCK_M=32,
+                                                   BLOCK_N=block_n, HAS_B=b is not None, num_warps=4)

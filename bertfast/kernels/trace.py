@@ -1,0 +1,178 @@
+"""Run bertfast's GPU code path without a GPU, and record what it would do on one.
+
+Inside `gpu_trace()`, tensors on the `meta` device stand for CUDA tensors: the ops pick their CUDA path
+(Triton kernels, the CUDA extension) for them, every Triton launch is recorded instead of run (with its
+grid, its arguments and the JIT's specialisation for sm_90), and a TorchDispatchMode records every
+other thing a GPU would do: allocations (and whether they were zero-filled), torch kernels with the
+bytes they read and write, calls into the compiled extension, copies between host and device, and host
+synchronisations (`.item()`, `.tolist()`, `bool(tensor)`, `nonzero`).
+
+The same record serves two proofs: bertfast.kernels.sm90 compiles exactly the launched variants for its
+static roofline model, and bertfast.kernels.traffic checks each op's allocations, launches and syncs.
+A value a host sync would read is not known on meta tensors: syncs return zeros, and `nonzero` assumes
+every element is non-zero (an all-ones mask: no padding).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from bertfast import _backend
+
+aten = torch.ops.aten
+
+
+@dataclass
+class Launch:
+    """One recorded event. kind: 'triton' (a Triton kernel), 'extension' (bertfast._C), 'torch' (a torch
+    kernel: compute, fill or copy), 'alloc' (memory only), 'sync' (the host waits for the device)."""
+    kind: str
+    name: str
+    nbytes_read: int = 0
+    nbytes_written: int = 0
+    zero_filled: bool = False  # an allocation whose contents are set by a fill kernel (zeros, full, ...)
+    grid: tuple = ()
+    kernel: object = None  # the JITFunction, for triton launches
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    def bound_args(self) -> dict:
+        """Every parameter of a Triton kernel by name (positional and keyword, constexprs included)."""
+        names = [p.name for p in self.kernel.params]
+        out = dict(zip(names, self.args))
+        out.update({k: v for k, v in self.kwargs.items() if k in names})
+        return out
+
+
+class _Pointer:
+    """What Triton's specialisation reads from a tensor: its dtype and its address. CUDA allocations are
+    256-byte aligned, so a meta tensor's address is its storage offset in bytes."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.dtype = t.dtype
+        self._address = 256 * 1024 + t.storage_offset() * t.element_size()
+
+    def data_ptr(self) -> int:
+        return self._address
+
+
+def specialisation(launch: Launch, target):
+    """(signature, constexprs, attrs, options) exactly as triton's JIT derives them when it launches
+    `launch` on `target` (a triton GPUTarget): tt.divisibility=16 on 16-byte-aligned pointers and on
+    integers divisible by 16, integers equal to 1 made constants."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = launch.kernel
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    args = [_Pointer(a) if isinstance(a, torch.Tensor) else a for a in launch.args]
+    kwargs = {k: (_Pointer(v) if isinstance(v, torch.Tensor) else v) for k, v in launch.kwargs.items()}
+    kwargs.setdefault("debug", False)
+    bound, spec, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
+    return signature, constexprs, attrs, options
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    out = []
+    if isinstance(tree, torch.Tensor):
+        out.append(tree)
+    elif isinstance(tree, (list, tuple)):
+        for x in tree:
+            out.extend(_tensors(x))
+    elif isinstance(tree, dict):
+        for x in tree.values():
+            out.extend(_tensors(x))
+    return out
+
+
+_ALLOCATIONS = {aten.empty.memory_format, aten.empty_like.default, aten.empty_strided.default,
+                aten.new_empty.default, aten.new_empty_strided.default}
+_FILLS = {aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default, aten.full.default,
+          aten.full_like.default, aten.new_full.default, aten.ones.default, aten.ones_like.default,
+          aten.new_ones.default, aten.scalar_tensor.default}
+_FREE = {aten.detach.default, aten.lift_fresh.default, aten.alias.default, aten.sym_size.int,
+         aten.sym_stride.int, aten.sym_numel.default, aten.sym_storage_offset.default, aten.is_same_size.default,
+         aten._unsafe_view.default}
+_SYNCS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default}
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, events: list[Launch]) -> None:
+        super().__init__()
+        self.events = events
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = [t for t in _tensors((args, kwargs)) if t.device.type == "meta"]
+        name = str(func.overloadpacket.__name__)
+        if func in _SYNCS:
+            self.events.append(Launch("sync", name, nbytes_read=sum(map(_nbytes, inputs))))
+            if func is aten._local_scalar_dense.default:
+                return False if args[0].dtype == torch.bool else 0
+            return False
+        if func is aten.nonzero.default:
+            self.events.append(Launch("sync", "nonzero", nbytes_read=_nbytes(args[0])))
+            x = args[0]
+            return torch.empty((x.numel(), x.dim()), dtype=torch.long, device=x.device)
+        if func is aten._to_copy.default and inputs and kwargs.get("device") is not None \
+                and torch.device(kwargs["device"]).type == "cpu":
+            self.events.append(Launch("sync", "copy to host", nbytes_read=_nbytes(args[0])))
+            return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
+        if func in _FREE or func.is_view:
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        outputs = [t for t in _tensors(out) if t.device.type == "meta"]
+        if not outputs and not inputs:
+            return out
+        if func in _ALLOCATIONS:
+            self.events.append(Launch("alloc", name, nbytes_written=0))
+        elif func in _FILLS:
+            self.events.append(Launch("torch", name, nbytes_written=sum(map(_nbytes, outputs)), zero_filled=True))
+        elif func.namespace == "bertfast_C":
+            self.events.append(Launch("extension", name, nbytes_read=sum(map(_nbytes, inputs)),
+                                      nbytes_written=sum(map(_nbytes, outputs))))
+        else:
+            written = sum(map(_nbytes, outputs))
+            if func._schema.is_mutable:  # in-place / out=: the mutated inputs are what it writes
+                written = sum(_nbytes(a) for a, arg in zip(args, func._schema.arguments)
+                              if isinstance(a, torch.Tensor) and arg.alias_info is not None and arg.alias_info.is_write)
+            self.events.append(Launch("torch", name, nbytes_read=sum(map(_nbytes, inputs)), nbytes_written=written))
+        return out
+
+
+@contextlib.contextmanager
+def gpu_trace():
+    """Yields the list of events (Launch) that the GPU code path run on meta tensors inside would cause."""
+    from triton.runtime.jit import JITFunction
+
+    events: list[Launch] = []
+    original_run = JITFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        if callable(grid):
+            grid = grid(dict(zip([p.name for p in self.params], args)))
+        grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+        events.append(Launch("triton", self.fn.__name__, grid=grid, kernel=self, args=args, kwargs=kwargs))
+
+    JITFunction.run = record
+    previous = _backend.set_meta_is_gpu(True)
+    try:
+        with _Recorder(events):
+            yield events
+    finally:
+        _backend.set_meta_is_gpu(previous)
+        JITFunction.run = original_run
+
+
+def meta(*shape, dtype=torch.bfloat16, requires_grad: bool = False) -> torch.Tensor:
+    """A meta tensor (a stand-in for a CUDA one inside gpu_trace)."""
+    return torch.empty(shape, dtype=dtype, device="meta", requires_grad=requires_grad)
