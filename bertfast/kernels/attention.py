@@ -5,13 +5,19 @@ Tensors are addressed through strides, so q/k/v may be views:
   padded  q[b, s, h, d] at Q + b*stride_b + s*stride_s + h*stride_h + d, keys masked by MASK[b, s] != 0
   varlen  q[t, h, d] for the tokens t in [cu_seqlens[b], cu_seqlens[b+1]) of sequence b (stride_b = 0)
 The forward keeps an online softmax in fp32 (exp2, with log2(e) folded into the scale) and saves the
-log-sum-exp (base 2) per query row, +inf for a row with no key (its output and gradients are zero).
+log-sum-exp (base 2) per query row, +inf for a row with no key (its output and gradients are zero):
+padded at LSE[b, h, s], packed at LSE[h, t] (token t of the packed batch: no row outside a sequence).
 The backward follows FlashAttention-2: delta = rowsum(dO * O), then dK/dV over key blocks and dQ over
-query blocks, each recomputing P from q, k and the saved log-sum-exp (no atomics: deterministic).
-Dropout keeps P[q, k] when tl.rand(seed, (bh * S + q) * S + k) >= p, in the forward and the backward.
+query blocks, each recomputing P from q, k and the saved log-sum-exp (no atomics: deterministic). The
+dK/dV kernel works transposed (Pᵀ = exp(K Qᵀ - lse)), so that all its matmuls have the program's keys
+as their M dimension: 64 or more rows, which sm_90 runs on wgmma (Triton picks mma.sync below 64).
+Dropout keeps P[q, k] by bertfast.kernels.dropout with row = q (the query's position in its sequence),
+column = k, stream = b * heads + h: the same mask in the forward and in both backward kernels.
 """
 import triton
 import triton.language as tl
+
+from bertfast.kernels import dropout
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -63,17 +69,23 @@ def _store_tile(PTR, base, idx, ok, stride_s, dims, value):
 
 
 @triton.jit
-def _row_stats(LSE, DELTA, bh, S, rows, row_ok):
+def _stats_base(b, h, start, lse_stride_b, lse_stride_h):
+    """Offset of this sequence's first row in LSE/DELTA: [B, H, S] padded, [H, total] packed."""
+    return b.to(tl.int64) * lse_stride_b + h.to(tl.int64) * lse_stride_h + start
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, stats_base, rows, row_ok):
     """The forward's log-sum-exp (+inf past the end: p = 0) and delta = rowsum(dO * O) of these rows."""
-    lse = tl.load(LSE + bh.to(tl.int64) * S + rows, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + bh.to(tl.int64) * S + rows, mask=row_ok, other=0.0)
+    lse = tl.load(LSE + stats_base + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + stats_base + rows, mask=row_ok, other=0.0)
     return lse, delta
 
 
 @triton.jit
-def _keep_mask(seed, bh, rows, cols, S, p):
-    offsets = (bh * S + rows[:, None]) * S + cols[None, :]
-    return tl.rand(seed, offsets.to(tl.int32)) >= p
+def _keep_mask(seed, bh, rows, col0, threshold, BLOCK_N: tl.constexpr):
+    """[len(rows), BLOCK_N]: whether P[rows, col0 + j] is kept (bertfast.kernels.dropout, stream = bh)."""
+    return dropout.fragment_keep(seed, rows, col0, bh, threshold, BLOCK_N)
 
 
 @triton.jit
@@ -84,10 +96,10 @@ def _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK: tl.constexpr):
     return valid
 
 
-@triton.jit
-def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, p, seed,
+@triton.jit(do_not_specialize=["seed", "S", "lse_stride_h"])
+def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, threshold, drop_scale, seed,
                          stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
-                         H, S,
+                         lse_stride_b, lse_stride_h, H, S,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                          VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                          DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
@@ -116,24 +128,25 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, p, seed,
             prob = tl.math.exp2(qk - m_safe[:, None])
             alpha = tl.math.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(prob, 1)
-            if HAS_DROPOUT:
-                keep = _keep_mask(seed, bh, rows, cols, S, p)
-                prob = tl.where(keep, prob / (1.0 - p), 0.0)
+            if HAS_DROPOUT:  # (the kept probabilities' scale is applied once, at the end)
+                prob = tl.where(_keep_mask(seed, bh, rows, start_n, threshold, BLOCK_N), prob, 0.0)
             acc = acc * alpha[:, None] + _dot(prob.to(v.dtype), v, DOT_FP32, IEEE)
             m_i = m_new
         has_key = l_i > 0.0
+        lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("inf"))
+        if HAS_DROPOUT:
+            l_i = l_i / drop_scale
         out = acc / tl.where(has_key, l_i, 1.0)[:, None]
         out = tl.where(has_key[:, None], out, 0.0)
         o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
         _store_tile(O, o_base, rows, row_ok, o_stride_s, dims, out)
-        lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("inf"))
-        tl.store(LSE + bh.to(tl.int64) * S + rows, lse, mask=row_ok)
+        tl.store(LSE + _stats_base(b, h, start, lse_stride_b, lse_stride_h) + rows, lse, mask=row_ok)
 
 
-@triton.jit
-def attention_bwd_preprocess_kernel(O, DO, DELTA, CU, o_stride_b, o_stride_s, o_stride_h, H, S,
-                                    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr):
-    """delta[b, h, s] = sum_d dO * O (fp32). dO shares O's strides."""
+@triton.jit(do_not_specialize=["S", "lse_stride_h"])
+def attention_bwd_preprocess_kernel(O, DO, DELTA, CU, o_stride_b, o_stride_s, o_stride_h, lse_stride_b, lse_stride_h,
+                                    H, S, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr):
+    """delta[row] = sum_d dO * O (fp32), laid out as the log-sum-exp. dO shares O's strides."""
     pid_m = tl.program_id(0)
     bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -142,33 +155,28 @@ def attention_bwd_preprocess_kernel(O, DO, DELTA, CU, o_stride_b, o_stride_s, o_
     base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
     o = _load_tile(O, base, rows, row_ok, o_stride_s, dims).to(tl.float32)
     do = _load_tile(DO, base, rows, row_ok, o_stride_s, dims).to(tl.float32)
-    tl.store(DELTA + bh.to(tl.int64) * S + rows, tl.sum(o * do, 1), mask=row_ok)
+    tl.store(DELTA + _stats_base(b, h, start, lse_stride_b, lse_stride_h) + rows, tl.sum(o * do, 1), mask=row_ok)
 
 
-@triton.jit
-def _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
-    qk = _dot(q, tl.trans(k), DOT_FP32, IEEE) * qk_scale
-    qk = tl.where(valid[None, :], qk, float("-inf"))
-    return tl.math.exp2(qk - lse[:, None])  # lse = +inf on rows without keys: p = 0
-
-
-@triton.jit
-def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scale, p, seed,
+@triton.jit(do_not_specialize=["seed", "S", "lse_stride_h"])
+def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, seed,
                               stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
-                              H, S,
+                              lse_stride_b, lse_stride_h, H, S,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                               VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                               DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
-    """One program per (key block, batch*head): loops over all query blocks. DK/DV share K's strides;
-    DO shares O's."""
+    """One program per (block of BLOCK_N keys, batch*head), looping over blocks of BLOCK_M queries, all in
+    the transposed frame ([keys, queries] tiles). DK/DV share K's strides; DO shares O's."""
     pid_n = tl.program_id(0)
     bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
     if pid_n * BLOCK_N < seqlen:
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        key0 = pid_n * BLOCK_N
+        cols = key0 + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, HEAD_DIM)
         col_ok = cols < seqlen
         base = _head_base(b, start, h, stride_b, stride_s, stride_h)
         o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
+        stats = _stats_base(b, h, start, lse_stride_b, lse_stride_h)
         k = _load_tile(K, base, cols, col_ok, stride_s, dims)
         v = _load_tile(V, base, cols, col_ok, stride_s, dims)
         valid = _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
@@ -180,27 +188,29 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
             row_ok = rows < seqlen
             q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
             do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
-            lse, delta = _row_stats(LSE, DELTA, bh, S, rows, row_ok)
-            prob = _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32, IEEE)   # [BLOCK_M, BLOCK_N]
-            dp = _dot(do, tl.trans(v), DOT_FP32, IEEE)                          # dO Vᵀ
+            lse, delta = _row_stats(LSE, DELTA, stats, rows, row_ok)
+            kq = _dot(k, tl.trans(q), DOT_FP32, IEEE) * qk_scale                  # [BLOCK_N, BLOCK_M] = (Q Kᵀ)ᵀ
+            kq = tl.where(valid[:, None], kq, float("-inf"))
+            prob_t = tl.math.exp2(kq - lse[None, :])  # lse = +inf on rows without keys: p = 0
+            dp_t = _dot(v, tl.trans(do), DOT_FP32, IEEE)                           # (dO Vᵀ)ᵀ
             if HAS_DROPOUT:
-                keep = _keep_mask(seed, bh, rows, cols, S, p)
-                prob_d = tl.where(keep, prob / (1.0 - p), 0.0)
-                dp = tl.where(keep, dp / (1.0 - p), 0.0)
+                keep_t = tl.trans(_keep_mask(seed, bh, rows, key0, threshold, BLOCK_N))
+                prob_d = tl.where(keep_t, prob_t * drop_scale, 0.0)
+                dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
             else:
-                prob_d = prob
-            dv += _dot(tl.trans(prob_d.to(do.dtype)), do, DOT_FP32, IEEE)
-            ds = prob * (dp - delta[:, None])
-            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32, IEEE)
+                prob_d = prob_t
+            dv += _dot(prob_d.to(do.dtype), do, DOT_FP32, IEEE)
+            ds_t = prob_t * (dp_t - delta[None, :])
+            dk += _dot(ds_t.to(q.dtype), q, DOT_FP32, IEEE)
         dk = dk * sm_scale
         _store_tile(DK, base, cols, col_ok, stride_s, dims, dk)
         _store_tile(DV, base, cols, col_ok, stride_s, dims, dv)
 
 
-@triton.jit
-def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, p, seed,
+@triton.jit(do_not_specialize=["seed", "S", "lse_stride_h"])
+def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, seed,
                             stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
-                            H, S,
+                            lse_stride_b, lse_stride_h, H, S,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                             VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                             DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
@@ -215,7 +225,7 @@ def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, p, 
         o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
         q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
         do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
-        lse, delta = _row_stats(LSE, DELTA, bh, S, rows, row_ok)
+        lse, delta = _row_stats(LSE, DELTA, _stats_base(b, h, start, lse_stride_b, lse_stride_h), rows, row_ok)
         qk_scale = sm_scale * LOG2E
         dq = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
         for start_n in range(0, seqlen, BLOCK_N):
@@ -227,12 +237,19 @@ def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, p, 
             prob = _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32, IEEE)
             dp = _dot(do, tl.trans(v), DOT_FP32, IEEE)
             if HAS_DROPOUT:
-                keep = _keep_mask(seed, bh, rows, cols, S, p)
-                dp = tl.where(keep, dp / (1.0 - p), 0.0)
+                keep = _keep_mask(seed, bh, rows, start_n, threshold, BLOCK_N)
+                dp = tl.where(keep, dp * drop_scale, 0.0)
             ds = prob * (dp - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, DOT_FP32, IEEE)
         dq = dq * sm_scale
         _store_tile(DQ, base, rows, row_ok, stride_s, dims, dq)
+
+
+@triton.jit
+def _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    qk = _dot(q, tl.trans(k), DOT_FP32, IEEE) * qk_scale
+    qk = tl.where(valid[None, :], qk, float("-inf"))
+    return tl.math.exp2(qk - lse[:, None])  # lse = +inf on rows without keys: p = 0
 
 
 def _grid_args(q, varlen: bool):
@@ -251,28 +268,33 @@ def _common(q, mask, cu_seqlens, max_seqlen):
     varlen = cu_seqlens is not None
     if varlen:
         batch, heads, seq = cu_seqlens.shape[0] - 1, q.shape[1], max_seqlen
+        lse_strides = (0, q.shape[0])  # [H, total]
     else:
         batch, heads, seq = q.shape[0], q.shape[1], q.shape[2]
+        lse_strides = (heads * seq, seq)  # [B, H, S]
     head_dim = q.shape[-1]
     # fp32 matmuls follow torch's setting: exact fp32 by default, TF32 tensor cores after
     # torch.set_float32_matmul_precision("high" or "medium"), as torch's own matmuls do.
     ieee = q.dtype == torch.float32 and not interpreted() and torch.get_float32_matmul_precision() == "highest"
     flags = dict(VARLEN=varlen, HAS_MASK=mask is not None, DOT_FP32=interpreted(), IEEE=ieee)
     dummy = q.new_empty(1, dtype=torch.int32)
-    return batch, heads, seq, head_dim, flags, attention_config(head_dim, q.dtype), dummy
+    return batch, heads, seq, head_dim, flags, attention_config(head_dim, q.dtype, seq), dummy, lse_strides
+
+
+def lse_shape(q, cu_seqlens) -> tuple[int, int]:
+    """The log-sum-exp's shape: [B * H, S] padded, [H, total tokens] packed."""
+    if cu_seqlens is not None:
+        return q.shape[1], q.shape[0]
+    return q.shape[0] * q.shape[1], q.shape[2]
 
 
 def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed: int):
-    """q, k, v canonical (see _grid_args), sharing strides. Returns (out like q, lse fp32 [B*H, S])."""
+    """q, k, v canonical (see _grid_args), sharing strides. Returns (out like q, lse fp32 (lse_shape))."""
     import torch
 
-    batch, heads, seq, head_dim, flags, cfg, dummy = _common(q, mask, cu_seqlens, max_seqlen)
+    batch, heads, seq, head_dim, flags, cfg, dummy, lse_strides = _common(q, mask, cu_seqlens, max_seqlen)
     out = torch.empty_like(q)
-    lse_shape = (batch * heads, max(seq, 1))
-    if flags["VARLEN"]:  # rows past a sequence's length are never written: +inf (no key), not garbage
-        lse = torch.full(lse_shape, float("inf"), dtype=torch.float32, device=q.device)
-    else:
-        lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    lse = torch.empty(lse_shape(q, cu_seqlens), dtype=torch.float32, device=q.device)
     stride_h, stride_b, stride_s = _grid_args(q, flags["VARLEN"])
     o_stride_h, o_stride_b, o_stride_s = _grid_args(out, flags["VARLEN"])
     if batch * heads == 0 or seq == 0:
@@ -280,10 +302,10 @@ def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, 
     grid = (triton.cdiv(seq, cfg.fwd_m), batch * heads)
     attention_fwd_kernel[grid](
         q, k, v, out, lse, mask if mask is not None else dummy, cu_seqlens if cu_seqlens is not None else dummy,
-        scale, p, seed, stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h,
-        mask.stride(0) if mask is not None else 0, heads, seq,
+        scale, dropout.threshold(p), dropout.keep_scale(p), seed, stride_b, stride_s, stride_h, o_stride_b,
+        o_stride_s, o_stride_h, mask.stride(0) if mask is not None else 0, *lse_strides, heads, seq,
         BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n, HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags,
-        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages)
+        **cfg.options("fwd"))
     return out, lse
 
 
@@ -291,7 +313,7 @@ def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int,
     """do shares out's strides. Returns (dq, dk, dv) with q's strides."""
     import torch
 
-    batch, heads, seq, head_dim, flags, cfg, dummy = _common(q, mask, cu_seqlens, max_seqlen)
+    batch, heads, seq, head_dim, flags, cfg, dummy, lse_strides = _common(q, mask, cu_seqlens, max_seqlen)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if batch * heads == 0 or seq == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
@@ -300,34 +322,22 @@ def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int,
     delta = torch.empty_like(lse)
     cu = cu_seqlens if cu_seqlens is not None else dummy
     attention_bwd_preprocess_kernel[(triton.cdiv(seq, 64), batch * heads)](
-        out, do, delta, cu, o_stride_b, o_stride_s, o_stride_h, heads, seq, BLOCK_M=64, HEAD_DIM=head_dim,
-        VARLEN=flags["VARLEN"])
-    common = (mask if mask is not None else dummy, cu, scale, p, seed, stride_b, stride_s, stride_h,
-              o_stride_b, o_stride_s, o_stride_h, mask.stride(0) if mask is not None else 0, heads, seq)
-    attention_bwd_dkdv_kernel[(triton.cdiv(seq, cfg.bwd_n), batch * heads)](
-        q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.bwd_m, BLOCK_N=cfg.bwd_n, HEAD_DIM=head_dim,
-        HAS_DROPOUT=p > 0, **flags, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
-    attention_bwd_dq_kernel[(triton.cdiv(seq, cfg.bwd_n), batch * heads)](
-        q, k, v, do, dq, lse, delta, *common, BLOCK_M=cfg.bwd_n, BLOCK_N=cfg.bwd_m, HEAD_DIM=head_dim,
-        HAS_DROPOUT=p > 0, **flags, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
+        out, do, delta, cu, o_stride_b, o_stride_s, o_stride_h, *lse_strides, heads, seq, BLOCK_M=64,
+        HEAD_DIM=head_dim, VARLEN=flags["VARLEN"])
+    common = (mask if mask is not None else dummy, cu, scale, dropout.threshold(p), dropout.keep_scale(p), seed,
+              stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h,
+              mask.stride(0) if mask is not None else 0, *lse_strides, heads, seq)
+    attention_bwd_dkdv_kernel[(triton.cdiv(seq, cfg.dkdv_keys), batch * heads)](
+        q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
+        HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))
+    attention_bwd_dq_kernel[(triton.cdiv(seq, cfg.dq_queries), batch * heads)](
+        q, k, v, do, dq, lse, delta, *common, BLOCK_M=cfg.dq_queries, BLOCK_N=cfg.dq_keys, HEAD_DIM=head_dim,
+        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq"))
     return dq, dk, dv
 
 
-@triton.jit
-def dropout_keep_kernel(KEEP, S, p, seed, BLOCK: tl.constexpr):
-    """The keep-mask the attention kernels draw, [B*H, S, S] (for tests and debugging)."""
-    bh = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
-    keep = _keep_mask(seed, bh, rows, cols, S, p)
-    offs = bh.to(tl.int64) * S * S + rows[:, None] * S + cols[None, :]
-    tl.store(KEEP + offs, keep.to(tl.int8), mask=(rows[:, None] < S) & (cols[None, :] < S))
-
-
 def attention_dropout_keep_mask(batch_heads: int, seq: int, p: float, seed: int, device):
+    """The keep-mask the attention kernels draw, [B*H, S, S] (for tests and debugging)."""
     import torch
 
-    keep = torch.empty((batch_heads, seq, seq), dtype=torch.int8, device=device)
-    block = 32
-    dropout_keep_kernel[(batch_heads, triton.cdiv(seq, block), triton.cdiv(seq, block))](keep, seq, p, seed, BLOCK=block)
-    return keep.bool()
+    return torch.stack([dropout.keep_mask(seq, seq, p, seed, bh, device, fragment=True) for bh in range(batch_heads)])

@@ -56,22 +56,51 @@ def random_bits(seed, rows, col0, stream, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def keep_mask_kernel(KEEP, M, N, threshold, seed, stream, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """KEEP[row, col] = whether the kernels keep element (row, col) of `stream` (for tests)."""
+def _keep_lanes(word, threshold):
+    """[..., G] uint32 -> [..., G, 2]: whether its low and high 16 bits are >= threshold."""
+    return tl.join((word & 0xFFFF) >= threshold, word >= (threshold << 16))
+
+
+@triton.jit
+def fragment_keep(seed, rows, col0, stream, threshold, BLOCK_N: tl.constexpr):
+    """The keep-mask of a tile that lives in the tensor cores' accumulator layout (attention's P):
+    [len(rows), BLOCK_N] bool, col0 a multiple of 32. Column k = 32a + 8j + 2c + e belongs to group
+    4a + c and takes lane 2j + e (16 bits each; kept when >= threshold). On sm_90 a thread's wgmma
+    accumulator fragment holds, per row, the columns 8j + 2c + e for one c and all j, e: so each thread
+    owns whole groups and the mask is made in place, with no exchange between threads."""
+    A: tl.constexpr = BLOCK_N // 32
+    groups = (col0 // 32 + tl.arange(0, A))[:, None] * 4 + tl.arange(0, 4)[None, :]  # [A, 4 (c)]
+    r0, r1, r2, r3 = tl.philox(seed, groups[None, :, :], rows[:, None, None], stream, 0, ROUNDS)
+    # [M, A, c, e, j % 2, j // 2] -> [M, A, j // 2, j % 2, c, e], whose row-major order is k.
+    t = threshold.to(tl.uint32)
+    keep = tl.join(tl.join(_keep_lanes(r0, t), _keep_lanes(r1, t)), tl.join(_keep_lanes(r2, t), _keep_lanes(r3, t)))
+    keep = tl.permute(keep, (0, 1, 5, 4, 2, 3))
+    return tl.reshape(keep, (rows.shape[0], BLOCK_N))
+
+
+@triton.jit
+def keep_mask_kernel(KEEP, M, N, threshold, seed, stream, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     FRAGMENT: tl.constexpr):
+    """KEEP[row, col] = whether the kernels keep element (row, col) of `stream` (for tests): the row-tile
+    grouping of random_bits, or fragment_keep's when FRAGMENT."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = random_bits(seed, rows, tl.program_id(1) * BLOCK_N, stream, BLOCK_N) >= threshold
+    if FRAGMENT:
+        keep = fragment_keep(seed, rows, tl.program_id(1) * BLOCK_N, stream, threshold, BLOCK_N)
+    else:
+        keep = random_bits(seed, rows, tl.program_id(1) * BLOCK_N, stream, BLOCK_N) >= threshold
     tl.store(KEEP + rows[:, None].to(tl.int64) * N + cols[None, :], keep.to(tl.int8),
              mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
-def keep_mask(rows: int, n: int, p: float, seed: int, stream: int = 0, device="cpu"):
-    """[rows, n] bool: the elements the kernels keep for (seed, stream) at dropout probability p."""
+def keep_mask(rows: int, n: int, p: float, seed: int, stream: int = 0, device="cpu", fragment: bool = False):
+    """[rows, n] bool: the elements the kernels keep for (seed, stream) at dropout probability p; fragment
+    selects fragment_keep's grouping (attention) over random_bits' (LayerNorm)."""
     import torch
 
     keep = torch.empty((rows, n), dtype=torch.int8, device=device)
     block_m, block_n = 16, 64
     if rows and n:
         keep_mask_kernel[(triton.cdiv(rows, block_m), triton.cdiv(n, block_n))](
-            keep, rows, n, threshold(p), seed, stream, BLOCK_M=block_m, BLOCK_N=block_n)
+            keep, rows, n, threshold(p), seed, stream, BLOCK_M=block_m, BLOCK_N=block_n, FRAGMENT=fragment)
     return keep.bool()

@@ -55,7 +55,7 @@ def layer_norm_config(n: int, elem_bytes: int, backward: bool) -> LayerNormConfi
     if block <= 1024:
         if backward:  # 4 warps, 8 values a thread (128-bit loads); five programs an SM in 16-bit dtypes
             return LayerNormConfig(block, 1, 4, False, 5 if elem_bytes == 2 else 4)
-        return LayerNormConfig(block, 4, 8)
+        return LayerNormConfig(block, 2, 4)
     warps = max(4, min(16, block // 256))
     return LayerNormConfig(block, 1, warps, backward and partials_in_memory(block), 2 if backward else 1)
 
@@ -94,26 +94,48 @@ def persistent_programs(steps: int, device, per_sm: int = 4) -> int:
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    fwd_m: int
-    fwd_n: int
+    fwd_m: int  # query rows per program
+    fwd_n: int  # keys per step
     fwd_warps: int
     fwd_stages: int
-    bwd_m: int  # query rows per step in the dK/dV kernel (keys per step in the dQ kernel)
-    bwd_n: int  # keys per program in the dK/dV kernel (query rows per program in the dQ kernel)
-    bwd_warps: int
-    bwd_stages: int
+    dkdv_keys: int  # keys per program of the dK/dV kernel: its matmuls' M dimension (>= 64 for wgmma)
+    dkdv_queries: int  # queries per step
+    dkdv_warps: int
+    dkdv_stages: int
+    dq_queries: int  # query rows per program of the dQ kernel (its matmuls' M dimension)
+    dq_keys: int  # keys per step
+    dq_warps: int
+    dq_stages: int
+    # ptxas' register cap (maxnreg) of the forward, dK/dV and dQ kernels; None: ptxas' own choice
+    max_registers: tuple[int | None, int | None, int | None] = (None, None, None)
+
+    def options(self, kernel: str) -> dict:
+        """Launch options of kernel 'fwd', 'dkdv' or 'dq'."""
+        index = ("fwd", "dkdv", "dq").index(kernel)
+        out = {"num_warps": (self.fwd_warps, self.dkdv_warps, self.dq_warps)[index],
+               "num_stages": (self.fwd_stages, self.dkdv_stages, self.dq_stages)[index]}
+        if self.max_registers[index] is not None and not interpreted():
+            out["maxnreg"] = self.max_registers[index]
+        return out
 
 
-def attention_config(head_dim: int, dtype) -> AttentionConfig:
-    """Block sizes for the attention kernels (checked spill-free by python -m bertfast.kernels.sm90)."""
+def attention_config(head_dim: int, dtype, seq: int = 512) -> AttentionConfig:
+    """Tiles of the attention kernels, by head dim, dtype and sequence length. Chosen without a GPU by the
+    static model (python -m bertfast.kernels.sm90: wgmma for every fp16/bf16 matmul, no spills, the
+    largest floor smallest); not autotuned."""
     import torch
 
     if head_dim not in (16, 32, 64, 128):
         raise ValueError(f"head dimension {head_dim} is not supported by the fused attention (16, 32, 64 or 128)")
     if interpreted():
-        return AttentionConfig(16, 16, 1, 1, 16, 16, 1, 1)
-    if dtype == torch.float32:  # exact fp32 products: smaller tiles
-        return AttentionConfig(32, 32, 4, 2, 16, 32, 4, 1)
+        return AttentionConfig(16, 32, 1, 1, 32, 16, 1, 1, 16, 32, 1, 1)  # keys in steps of 32: the dropout groups
+    if dtype == torch.float32:  # exact fp32 products on CUDA cores: small tiles, eight warps at d = 128
+        if head_dim <= 64:
+            return AttentionConfig(32, 32, 4, 2, 32, 16, 4, 1, 32, 32, 4, 1)
+        # (ptxas' own register choice spills a few bytes in the forward and dQ kernels: 128 there)
+        return AttentionConfig(16, 32, 8, 2, 32, 16, 8, 1, 16, 32, 8, 1, max_registers=(128, None, 128))
     if head_dim <= 64:
-        return AttentionConfig(128, 64, 4, 3, 32, 64, 4, 2)
-    return AttentionConfig(128, 64, 8, 2, 32, 64, 8, 1)
+        return AttentionConfig(128, 64, 4, 3, 64, 64, 4, 2, 64, 64, 4, 2)
+    # d = 128: dK/dV accumulators of 128 keys x 128 over two warpgroups (64 keys each hold 128 registers a
+    # thread and spill)
+    return AttentionConfig(128, 64, 8, 2, 128, 32, 8, 1, 64, 64, 4, 1)

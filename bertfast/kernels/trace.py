@@ -9,8 +9,9 @@ synchronisations (`.item()`, `.tolist()`, `bool(tensor)`, `nonzero`).
 
 The same record serves two proofs: bertfast.kernels.sm90 compiles exactly the launched variants for its
 static roofline model, and bertfast.kernels.traffic checks each op's allocations, launches and syncs.
-A value a host sync would read is not known on meta tensors: syncs return zeros, and `nonzero` assumes
-every element is non-zero (an all-ones mask: no padding).
+A value a host sync would read is not known on meta tensors: integer syncs (`.item()`) return
+`host_int` (say, the sequence length, for the longest-sequence sync of padding-free execution), boolean
+ones False, copies to the host zeros, and `nonzero` assumes every element is non-zero.
 """
 from __future__ import annotations
 
@@ -106,9 +107,10 @@ _SYNCS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self, events: list[Launch]) -> None:
+    def __init__(self, events: list[Launch], host_int: int) -> None:
         super().__init__()
         self.events = events
+        self.host_int = host_int
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -117,7 +119,9 @@ class _Recorder(TorchDispatchMode):
         if func in _SYNCS:
             self.events.append(Launch("sync", name, nbytes_read=sum(map(_nbytes, inputs))))
             if func is aten._local_scalar_dense.default:
-                return False if args[0].dtype == torch.bool else 0
+                if args[0].dtype == torch.bool:
+                    return False
+                return float(self.host_int) if args[0].is_floating_point() else self.host_int
             return False
         if func is aten.nonzero.default:
             self.events.append(Launch("sync", "nonzero", nbytes_read=_nbytes(args[0])))
@@ -150,8 +154,9 @@ class _Recorder(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def gpu_trace():
-    """Yields the list of events (Launch) that the GPU code path run on meta tensors inside would cause."""
+def gpu_trace(host_int: int = 0):
+    """Yields the list of events (Launch) that the GPU code path run on meta tensors inside would cause.
+    host_int: what an integer host sync reads (see the module's docstring)."""
     from triton.runtime.jit import JITFunction
 
     events: list[Launch] = []
@@ -166,7 +171,7 @@ def gpu_trace():
     JITFunction.run = record
     previous = _backend.set_meta_is_gpu(True)
     try:
-        with _Recorder(events):
+        with _Recorder(events, host_int):
             yield events
     finally:
         _backend.set_meta_is_gpu(previous)

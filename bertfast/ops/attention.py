@@ -49,11 +49,12 @@ def _forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: t
 
 
 def _forward_fake(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
+    # The log-sum-exp: [B * heads, S] padded, [heads, total tokens] packed (kernels.attention.lse_shape).
     if cu_seqlens is not None:
-        rows, seq = (cu_seqlens.shape[0] - 1) * q.shape[1], max_seqlen
+        shape = (q.shape[1], q.shape[0])
     else:
-        rows, seq = q.shape[0] * q.shape[1], q.shape[2]
-    return torch.empty_like(q), q.new_empty((rows, max(seq, 1)), dtype=torch.float32)
+        shape = (q.shape[0] * q.shape[1], q.shape[2])
+    return torch.empty_like(q), q.new_empty(shape, dtype=torch.float32)
 
 
 def _backward_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
@@ -74,9 +75,12 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, key_mask, cu_seqlens)
     ctx.args = (max_seqlen, scale, p, seed)
+    ctx.set_materialize_grads(False)  # the log-sum-exp gets no gradient: no zero tensor for it
 
 
 def _backward(ctx, dout, _dlse):
+    if dout is None:
+        return (None,) * 9
     q, k, v, out, lse, key_mask, cu_seqlens = ctx.saved_tensors
     dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, key_mask, cu_seqlens, *ctx.args)
     return dq, dk, dv, None, None, None, None, None, None
@@ -117,12 +121,6 @@ def _seed(p: float, seed: int | None) -> int:
     return int(seed or 0)
 
 
-def _check_dropout_counter(p: float, rows: int, seq: int) -> None:
-    if p > 0 and rows * seq * seq >= 2**31:
-        raise ValueError(f"attention dropout draws one number per (batch, head, query, key): {rows} x {seq}² is over "
-                         "2**31; use a smaller batch per call")
-
-
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     dropout_p: float = 0.0, softmax_scale: float | None = None, training: bool = False,
                     seed: int | None = None) -> torch.Tensor:
@@ -136,7 +134,6 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention
     p = float(dropout_p) if training else 0.0
     if not _backend.use_triton(q):
         return _attention_reference(q, k, v, key_mask, scale, p)
-    _check_dropout_counter(p, batch * heads, seq)
     q, k, v = (_canonical_padded(t) for t in (q, k, v))
     mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else None
     out, _ = _attention(q, k, v, mask, None, seq, scale, p, _seed(p, seed))
@@ -171,7 +168,6 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     p = float(dropout_p) if training else 0.0
     if not _backend.use_triton(q):
         return _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p)
-    _check_dropout_counter(p, (cu_seqlens.shape[0] - 1) * q.shape[1], max_seqlen)
     q, k, v = (t.contiguous() for t in (q, k, v))
     out, _ = _attention(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, _seed(p, seed))
     return out

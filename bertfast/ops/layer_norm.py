@@ -120,8 +120,6 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
             return F.layer_norm(h.float(), (hidden,), weight.float() if weight is not None else None,
                                 bias.float() if bias is not None else None, eps).to(h.dtype)
         return F.layer_norm(h, (hidden,), weight, bias, eps)
-    if x.numel() >= 2**31:
-        raise ValueError(f"x has {x.numel()} elements; the fused LayerNorm's dropout counter supports under 2**31")
     if p > 0 and seed is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     flat = x.reshape(-1, hidden).contiguous()
