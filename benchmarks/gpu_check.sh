@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command for the GPU machine:  bash benchmarks/gpu_check.sh OUTDIR [--dry-run]
-# Builds bertfast._C for sm_90 there against that machine's torch, runs the GPU-marked tests, the sm_90
-# benchmark suite in reduced mode (and the sm_90 compile report with BERTFAST_GPU_CHECK_SM90=1), and
+# Builds bertfast._C for sm_90 there against that machine's torch, runs the GPU-marked tests, the
+# benchmark suite in reduced mode, each kernel's predicted time (the static model) next to its measured
+# one (OUTDIR/predicted_vs_measured.md; the whole static report with BERTFAST_GPU_CHECK_SM90=1), and
 # writes OUTDIR/results.json, OUTDIR/summary.md and logs. --dry-run (CPU, CI) runs the same plumbing with
 # tiny sizes and no build.
 # Time: the whole check fits BERTFAST_GPU_CHECK_BUDGET seconds (default 560, under the device tool's 600 s
@@ -57,10 +58,10 @@ else
   "$PY" -m pytest tests -m gpu --collect-only -q -p no:cacheprovider 2>&1 | tail -3 | tee "$OUT/gpu_tests.txt"
 fi
 
-if [ "${BERTFAST_GPU_CHECK_SM90:-0}" = 1 ] || [ "$DRY" = 1 ]; then
-  # The same report CI produces without a GPU (tests/test_sm90_compile.py); optional here to save time.
-  step "sm_90 compile report (registers, spills)"
-  TRITON_INTERPRET=0 timeout 120 "$PY" -m bertfast.kernels.sm90 2>&1 | tee "$OUT/sm90.txt" | tail -3 || status=1
+if [ "${BERTFAST_GPU_CHECK_SM90:-0}" = 1 ]; then
+  # The whole static report CI produces without a GPU (tests/test_sm90_compile.py); optional here.
+  step "static roofline report (bertfast.kernels.sm90)"
+  TRITON_INTERPRET=0 timeout 200 "$PY" -m bertfast.kernels.sm90 --json "$OUT/sm90.json" 2>&1 | tee "$OUT/sm90.txt" | tail -3 || status=1
 fi
 
 step "benchmarks"
@@ -75,6 +76,14 @@ BERTFAST_BENCH_MODE=$MODE BERTFAST_BENCH_JSON="$OUT/results.json" BERTFAST_BENCH
   ${BERTFAST_BENCH_K:+-k "$BERTFAST_BENCH_K"} \
   > "$OUT/bench.log" 2>&1 || { status=1; tail -30 "$OUT/bench.log"; }
 grep -E "passed|failed" "$OUT/bench.log" | tail -1
+
+step "predicted (static model of the compiled kernels) next to measured"
+# Where they differ by more than 25%, the model or the kernel needs a look (the rule).
+# (the CPU dry run measures no GPU kernel: it predicts one small example of each kind instead)
+SOURCE="$OUT/results.json"; [ "$DRY" = 1 ] && SOURCE=--example
+TRITON_INTERPRET=0 timeout 120 "$PY" -m benchmarks.predicted "$SOURCE" --markdown "$OUT/predicted_vs_measured.md" \
+  --json "$OUT/predicted_vs_measured.json" > "$OUT/predicted.log" 2>&1 || { status=1; tail -20 "$OUT/predicted.log"; }
+[ -f "$OUT/predicted_vs_measured.md" ] && cat "$OUT/predicted_vs_measured.md"
 
 step "summary"
 if [ -f "$OUT/summary.md" ]; then cat "$OUT/summary.md"; else echo "no summary.md written"; status=1; fi

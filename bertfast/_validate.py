@@ -31,17 +31,27 @@ def check_same_device(**tensors):
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}: all inputs must be on one device")
 
 
-def check_ids_in_range(named_ids: Sequence[tuple[str, torch.Tensor, int]]):
-    """Raise IndexError if any id lies outside [0, rows). One host sync for all tensors together."""
+def id_range_stats(named_ids: Sequence[tuple[str, torch.Tensor, int]]) -> list[torch.Tensor]:
+    """The device-side min and max of each non-empty id tensor (for raise_if_ids_out_of_range)."""
+    return [s.to(torch.int64) for _, t, _ in named_ids if t.numel() > 0 for s in (t.min(), t.max())]
+
+
+def raise_if_ids_out_of_range(named_ids: Sequence[tuple[str, torch.Tensor, int]], stats: Sequence[int]):
+    """Raise IndexError naming the tensor and the value if any id lies outside [0, rows); stats: the host
+    values of id_range_stats(named_ids)."""
     live = [(n, t, r) for n, t, r in named_ids if t.numel() > 0]
-    if not live:
-        return
-    stats = torch.stack([s for _, t, _ in live for s in (t.min(), t.max())]).tolist()
     for i, (name, t, rows) in enumerate(live):
         lo, hi = stats[2 * i], stats[2 * i + 1]
         if lo < 0 or hi >= rows:
             bad = lo if lo < 0 else hi
             raise IndexError(f"{name} holds {bad}, outside the valid range [0, {rows - 1}] of its embedding table ({rows} rows)")
+
+
+def check_ids_in_range(named_ids: Sequence[tuple[str, torch.Tensor, int]]):
+    """Raise IndexError if any id lies outside [0, rows). One host sync for all tensors together."""
+    stats = id_range_stats(named_ids)
+    if stats:
+        raise_if_ids_out_of_range(named_ids, torch.stack(stats).tolist())
 
 
 def check_probability(name: str, p: float):

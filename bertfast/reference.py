@@ -25,16 +25,21 @@ def dropout_mask_ref(shape, p: float, seed: int, device=None):
     return (torch.rand(shape, generator=g) >= p).to(device)
 
 
-def residual_layer_norm_ref(x, residual, weight, bias, eps, dropout_mask=None, dropout_p: float = 0.0):
-    """LayerNorm(dropout(x) + residual), with the dropout given as an explicit keep-mask."""
+def residual_layer_norm_ref(x, residual, weight, bias, eps, dropout_mask=None, dropout_p: float = 0.0,
+                            dropout_scale: float | None = None):
+    """LayerNorm(dropout(x) + residual), with the dropout given as an explicit keep-mask; kept values are
+    scaled by dropout_scale (default 1 / (1 - p); the kernels' exact one is kernels.dropout.keep_scale)."""
     if dropout_mask is not None:
-        x = x * dropout_mask.to(x.dtype) / (1.0 - dropout_p)
+        scale = dropout_scale if dropout_scale is not None else 1.0 / (1.0 - dropout_p)
+        x = x * dropout_mask.to(x.dtype) * scale
     h = x if residual is None else x + residual
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
 
 
-def attention_ref(q, k, v, attention_mask=None, softmax_scale=None, dropout_mask=None, dropout_p: float = 0.0):
-    """softmax(q kᵀ · scale + mask) v for q, k, v [B, heads, S, D] and a [B, S] 0/1 key mask.
+def attention_ref(q, k, v, attention_mask=None, softmax_scale=None, dropout_mask=None, dropout_p: float = 0.0,
+                  dropout_scale: float | None = None):
+    """softmax(q kᵀ · scale + mask) v for q, k, v [B, heads, S, D] and a [B, S] 0/1 key mask; dropout as an
+    explicit keep-mask, kept probabilities scaled by dropout_scale (default 1 / (1 - p)).
 
     Fully padded rows (no key kept) give zeros, as the kernel does."""
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
@@ -44,5 +49,6 @@ def attention_ref(q, k, v, attention_mask=None, softmax_scale=None, dropout_mask
         scores = scores.masked_fill(~keep, float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
     if dropout_mask is not None:
-        probs = probs * dropout_mask.to(probs.dtype) / (1.0 - dropout_p)
+        scale = dropout_scale if dropout_scale is not None else 1.0 / (1.0 - dropout_p)
+        probs = probs * dropout_mask.to(probs.dtype) * scale
     return torch.matmul(probs, v)

@@ -1,9 +1,12 @@
-// The op schemas of bertfast._C. Implementations: embedding_sum_cpu.cpp (CPU) and
-// embedding_sum_cuda.cpp (CUDA); fake implementations are registered in Python
+// The op schemas of bertfast._C. Implementations: embedding_sum_cpu.cpp (CPU; forward and backward) and
+// embedding_sum_cuda.cpp (CUDA; forward); fake implementations are registered in Python
 // (bertfast/ops/embedding_sum.py). `stream` is the caller's cudaStream_t as an integer
 // (ignored on CPU), because the CUDA side is built without Torch's CUDA headers.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <torch/library.h>
+
+#include "embedding_sum.h"
 
 TORCH_LIBRARY(bertfast_C, m) {
   m.def(
@@ -23,4 +26,8 @@ PYBIND11_MODULE(_C, m) {
     return false;
 #endif
   }, "Whether the CUDA sources were compiled into this build.");
+  m.def("embedding_forward_launch", [](int64_t tokens, int64_t hidden, int elem_size, bool aligned) {
+    const bertfast::ForwardLaunch cfg = bertfast::embedding_forward_launch(tokens, hidden, elem_size, aligned);
+    return std::make_tuple(cfg.vec, cfg.threads_x, cfg.threads_y, cfg.blocks);
+  }, "(vec, threads_x, threads_y, blocks) of the CUDA embedding forward, as its launcher computes them.");
 }

@@ -1,6 +1,9 @@
-// The embedding sum: out[t] = word[ids[t]] + type[type_ids[t]] + position[position_ids[t]],
-// summed in fp32 and rounded once. The CUDA launchers take raw pointers and a stream so that
-// the .cu needs no Torch headers (the CPU Torch wheel lacks the generated c10/cuda ones).
+// The embedding sum: out[t] = word[ids[t % L]] + type[type_ids[t % Lt]] + position[position_ids[t % Lp]],
+// summed in fp32 and rounded once. Each id tensor holds one id per token (L = tokens), one per position of
+// a sequence repeated over the batch (L = seq), or one for all (L = 1): broadcast ids need no copy.
+// The CUDA launchers take raw pointers and a stream so that the .cu needs no Torch headers (the CPU Torch
+// wheel lacks the generated c10/cuda ones). The backward on the GPU is a Triton kernel
+// (bertfast/kernels/embedding_sum.py); the CPU one is here.
 #pragma once
 #include <cstdint>
 
@@ -8,19 +11,22 @@ namespace bertfast {
 
 enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
+// How the CUDA forward is launched, for a given size: the launcher uses it, and bertfast._C exposes it so
+// that the static performance model (bertfast/kernels/sm90.py) reads the configuration that launches.
+struct ForwardLaunch {
+  int vec;        // elements a thread moves per load/store (16 bytes when the rows allow it)
+  int threads_x;  // threads along the hidden dimension
+  int threads_y;  // tokens per block
+  int64_t blocks;
+};
+ForwardLaunch embedding_forward_launch(int64_t tokens, int64_t hidden, int elem_size, bool aligned);
+
 #ifdef BERTFAST_WITH_CUDA
 // Returns a CUDA error string, or nullptr on success.
-const char* embedding_sum_forward_cuda(DType dtype, const int64_t* ids, const int64_t* type_ids,
-                                       const int64_t* position_ids, const void* word, const void* type,
-                                       const void* position, void* out, int64_t tokens, int64_t hidden,
-                                       int device, void* stream);
-
-// grad_table (fp32, [rows, hidden], zeroed by the caller) += per-row sums of grad over the tokens with that id.
-// With `order` (a permutation sorting ids), each row is summed by one block in a fixed order: deterministic.
-// Without it, runs of equal consecutive ids are summed in registers and flushed with atomicAdd.
-const char* embedding_table_backward_cuda(DType dtype, const void* grad, const int64_t* ids, const int64_t* order,
-                                          float* grad_table, int64_t tokens, int64_t hidden, int64_t padding_idx,
-                                          int device, void* stream);
+const char* embedding_sum_forward_cuda(DType dtype, const int64_t* ids, int64_t ids_len, const int64_t* type_ids,
+                                       int64_t type_len, const int64_t* position_ids, int64_t pos_len,
+                                       const void* word, const void* type, const void* position, void* out,
+                                       int64_t tokens, int64_t hidden, int device, void* stream);
 #endif
 
 }  // namespace bertfast

@@ -13,6 +13,7 @@ import torch
 
 from bertfast import ops
 from bertfast.kernels.attention import attention_dropout_keep_mask
+from bertfast.kernels.dropout import keep_scale
 from bertfast.reference import attention_ref
 
 
@@ -134,7 +135,7 @@ def test_dropout_is_reproducible_and_matches_reference_with_its_mask():
     assert torch.equal(a, b) and not torch.equal(a, c)
     keep = attention_dropout_keep_mask(4 * 2, 37, p, seed, "cpu").view(4, 2, 37, 37)
     assert abs(keep.float().mean().item() - (1 - p)) < 0.02
-    ref = attention_ref(q, k, v, mask, dropout_mask=keep, dropout_p=p)
+    ref = attention_ref(q, k, v, mask, dropout_mask=keep, dropout_scale=keep_scale(p))
     torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
     dout = torch.randn_like(a)
     for name, got, want in zip("qkv", grads(a, (q, k, v), dout), grads(ref, (q, k, v), dout)):
@@ -244,5 +245,5 @@ def test_cuda_varlen_and_dropout():
     assert torch.equal(a, ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed))
     keep = attention_dropout_keep_mask(6 * 4, 300, p, seed, "cuda").view(6, 4, 300, 300)
     q32, k32, v32 = (t.detach().float() for t in (q, k, v))
-    ref = attention_ref(q32, k32, v32, mask, dropout_mask=keep, dropout_p=p)
+    ref = attention_ref(q32, k32, v32, mask, dropout_mask=keep, dropout_scale=keep_scale(p))
     assert (a.float() - ref).abs().max().item() < 3e-2

@@ -86,7 +86,7 @@ def case(name):
         "attention_varlen": (attention_mod._attention, attention_mod._attention_backward,
                              [packed, packed * 0.5, packed.flip(0)],
                              lambda q, k, v: ops.fused_attention_varlen(q, k, v, cu, 17)),
-        "embedding_sum": (embedding_mod._embedding_sum, embedding_mod._table_backward, tables,
+        "embedding_sum": (embedding_mod._embedding_sum, embedding_mod._embedding_backward, tables,
                           lambda w, t, p: ops.embedding_sum(ids, None, None, w, t, p, padding_idx=0)),
     }[name]
 

@@ -117,10 +117,55 @@ def test_deterministic_backward_is_bitwise_repeatable():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("vocab,batch,seq,hidden,dtype", [
+    (97, 3, 130, 384, torch.float32),   # many short runs, hidden not a multiple of the column block
+    (3, 2, 100, 64, torch.float32),     # runs far longer than a piece of the sorted list (32 entries)
+    (5, 1, 7, 300, torch.bfloat16),     # a single short sequence, bf16 (rounded once, GRAD_TOL)
+])
+def test_triton_backward_matches_reference(backend, deterministic, vocab, batch, seq, hidden, dtype):
+    """The GPU backward (Triton; here under the interpreter): each table row written once, runs crossing
+    the pieces of the sorted ids combined in order; padding_idx gets nothing; broadcast positions
+    (the periodic ids) as HF's default."""
+    backend("triton")
+    g = torch.Generator().manual_seed(vocab + seq)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    ids[:, -1] = 0
+    tt = torch.randint(0, 2, (batch, seq), generator=g)
+    tables = [torch.randn(n, hidden, generator=g).to(dtype).requires_grad_() for n in (vocab + 4, 2, 160)]
+    out = ops.embedding_sum(ids, tt, None, *tables, padding_idx=0)
+    grad = torch.randn(batch, seq, hidden, generator=g).to(dtype)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        got = torch.autograd.grad(out, tables, grad)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    ref_tables = [t.detach().double().requires_grad_() for t in tables]
+    ref = embedding_sum_ref(ids, tt, torch.arange(seq).expand(batch, seq), *ref_tables, padding_idx=0)
+    want = torch.autograd.grad(ref, ref_tables, grad.double())
+    for name, a, b in zip(("word", "type", "position"), got, want):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, **GRAD_TOL[dtype], msg=lambda m: f"{name}: {m}")
+    assert torch.all(got[0][0] == 0) and torch.all(got[0][vocab:] == 0), "padding_idx and unused rows: zeros"
+
+
+def test_triton_deterministic_backward_is_bitwise_repeatable(backend):
+    backend("triton")
+    ids, tables = make_inputs(2, 100, 64, torch.float32, vocab=3)
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = [torch.autograd.grad(ops.embedding_sum(*ids, *tables, padding_idx=0).sum(), tables) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
 def test_opcheck():
     ids, tables = make_inputs(2, 5, 16, torch.float32)
     flat = [t.reshape(-1).contiguous() for t in ids]
-    torch.library.opcheck(torch.ops.bertfast.embedding_sum.default, (*flat, *tables, 0))
+    torch.library.opcheck(torch.ops.bertfast.embedding_sum.default, (*flat, *tables, 0, True))
 
 
 @pytest.mark.gpu

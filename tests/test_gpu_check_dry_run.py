@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.sh --dry-run: the GPU check's plumbing (environment, test collection, sm_90
-report, benchmark suite in its tiny mode, results.json and summary.md) works on a CPU machine."""
+"""benchmarks/gpu_check.sh --dry-run: the GPU check's plumbing (environment, test collection, benchmark
+suite in its tiny mode, results.json and summary.md, the static model's prediction next to each measured
+kernel) works on a CPU machine."""
 import json
 import os
 import subprocess
@@ -19,3 +20,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert {"embedding_sum fwd", "BertModel forward", "BertModel train step"} <= groups
     assert results["device"]["copy_gbps"] > 0 and results["commit"]
     assert "| group |" in (tmp_path / "summary.md").read_text()
+    compared = json.loads((tmp_path / "predicted_vs_measured.json").read_text())
+    assert {r["group"].split()[0] for r in compared} >= {"fused_residual_layer_norm", "fused_bias_gelu",
+                                                         "attention", "embedding_sum"}
+    assert all(r["predicted_ms"] > 0 for r in compared)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bertfast import ops
+from bertfast.kernels.dropout import keep_scale
 from bertfast.kernels.layer_norm import dropout_keep_mask
 from bertfast.reference import residual_layer_norm_ref
 
@@ -38,7 +39,7 @@ def check(rows, n, dtype=torch.float32, device="cpu", residual=True, affine=True
     ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
     it = iter(ref_leaves)
     xr, rr, wr, br = next(it), next(it) if residual else None, next(it) if affine else None, next(it) if affine else None
-    yr = residual_layer_norm_ref(xr, rr, wr, br, 1e-12, dropout_mask=mask, dropout_p=p)
+    yr = residual_layer_norm_ref(xr, rr, wr, br, 1e-12, dropout_mask=mask, dropout_scale=keep_scale(p))
     ref_grads = torch.autograd.grad(yr, ref_leaves, dy.float())
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else LOW_TOL[dtype]
     assert y.dtype == dtype
@@ -96,12 +97,13 @@ def test_dropout_properties():
 
 
 def test_dropout_scales_kept_values():
-    # With LayerNorm undone by hand: h = y·std + mean; kept entries must be x / (1 - p), the rest 0.
+    # With LayerNorm undone by hand: h = y·std + mean; kept entries must be x times the exact inverse keep
+    # probability (kernels.dropout.keep_scale: 1 / (1 - p) up to the 16-bit threshold's rounding), the rest 0.
     x = torch.rand(4, 256) + 1.0
     p, seed = 0.2, 11
     y = ops.fused_residual_layer_norm(x, None, None, None, 1e-12, dropout_p=p, training=True, seed=seed)
     keep = dropout_keep_mask(4, 256, p, seed, "cpu")
-    h = torch.where(keep, x / (1 - p), torch.zeros_like(x))
+    h = torch.where(keep, x * keep_scale(p), torch.zeros_like(x))
     mean, std = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True).add(1e-12).sqrt()
     torch.testing.assert_close(y * std + mean, h, atol=1e-5, rtol=1e-5)
 

@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"])  # (P varies with the token count: one binary for all)
 def column_sums_kernel(A, B, OUT_A, OUT_B, P, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_B: tl.constexpr):
     """OUT_A[c] = sum over the P rows of A[:, c] (A: [P, N] fp32); the same for B when HAS_B."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)

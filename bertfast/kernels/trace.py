@@ -11,7 +11,8 @@ The same record serves two proofs: bertfast.kernels.sm90 compiles exactly the la
 static roofline model, and bertfast.kernels.traffic checks each op's allocations, launches and syncs.
 A value a host sync would read is not known on meta tensors: integer syncs (`.item()`) return
 `host_int` (say, the sequence length, for the longest-sequence sync of padding-free execution), boolean
-ones False, copies to the host zeros, and `nonzero` assumes every element is non-zero.
+ones False, copies to the host zeros (or what `host_copy` makes of the meta tensor), and `nonzero`
+assumes every element is non-zero.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Launch:
     name: str
     nbytes_read: int = 0
     nbytes_written: int = 0
+    nbytes_allocated: int = 0  # device memory this event allocates (allocations and fills)
     zero_filled: bool = False  # an allocation whose contents are set by a fill kernel (zeros, full, ...)
     grid: tuple = ()
     kernel: object = None  # the JITFunction, for triton launches
@@ -107,29 +109,32 @@ _SYNCS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self, events: list[Launch], host_int: int) -> None:
+    def __init__(self, events: list[Launch], host_int: int, host_copy) -> None:
         super().__init__()
         self.events = events
         self.host_int = host_int
+        self.host_copy = host_copy
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         inputs = [t for t in _tensors((args, kwargs)) if t.device.type == "meta"]
         name = str(func.overloadpacket.__name__)
-        if func in _SYNCS:
+        if func in _SYNCS and inputs:  # (on CPU tensors, e.g. a dropout seed drawn on the host: no wait)
             self.events.append(Launch("sync", name, nbytes_read=sum(map(_nbytes, inputs))))
             if func is aten._local_scalar_dense.default:
                 if args[0].dtype == torch.bool:
                     return False
                 return float(self.host_int) if args[0].is_floating_point() else self.host_int
             return False
-        if func is aten.nonzero.default:
+        if func is aten.nonzero.default and inputs:
             self.events.append(Launch("sync", "nonzero", nbytes_read=_nbytes(args[0])))
             x = args[0]
             return torch.empty((x.numel(), x.dim()), dtype=torch.long, device=x.device)
         if func is aten._to_copy.default and inputs and kwargs.get("device") is not None \
                 and torch.device(kwargs["device"]).type == "cpu":
             self.events.append(Launch("sync", "copy to host", nbytes_read=_nbytes(args[0])))
+            if self.host_copy is not None:
+                return self.host_copy(args[0]).to(kwargs.get("dtype") or args[0].dtype)
             return torch.zeros(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
         if func in _FREE or func.is_view:
             return func(*args, **kwargs)
@@ -137,26 +142,30 @@ class _Recorder(TorchDispatchMode):
         outputs = [t for t in _tensors(out) if t.device.type == "meta"]
         if not outputs and not inputs:
             return out
+        allocated = sum(map(_nbytes, outputs))
         if func in _ALLOCATIONS:
-            self.events.append(Launch("alloc", name, nbytes_written=0))
+            self.events.append(Launch("alloc", name, nbytes_allocated=allocated))
         elif func in _FILLS:
-            self.events.append(Launch("torch", name, nbytes_written=sum(map(_nbytes, outputs)), zero_filled=True))
+            self.events.append(Launch("torch", name, nbytes_written=allocated, nbytes_allocated=allocated,
+                                      zero_filled=True))
         elif func.namespace == "bertfast_C":
             self.events.append(Launch("extension", name, nbytes_read=sum(map(_nbytes, inputs)),
-                                      nbytes_written=sum(map(_nbytes, outputs))))
+                                      nbytes_written=allocated, nbytes_allocated=allocated, args=tuple(args)))
         else:
-            written = sum(map(_nbytes, outputs))
+            written = allocated
             if func._schema.is_mutable:  # in-place / out=: the mutated inputs are what it writes
                 written = sum(_nbytes(a) for a, arg in zip(args, func._schema.arguments)
                               if isinstance(a, torch.Tensor) and arg.alias_info is not None and arg.alias_info.is_write)
-            self.events.append(Launch("torch", name, nbytes_read=sum(map(_nbytes, inputs)), nbytes_written=written))
+            self.events.append(Launch("torch", name, nbytes_read=sum(map(_nbytes, inputs)), nbytes_written=written,
+                                      nbytes_allocated=0 if func._schema.is_mutable else allocated))
         return out
 
 
 @contextlib.contextmanager
-def gpu_trace(host_int: int = 0):
+def gpu_trace(host_int: int = 0, host_copy=None):
     """Yields the list of events (Launch) that the GPU code path run on meta tensors inside would cause.
-    host_int: what an integer host sync reads (see the module's docstring)."""
+    host_int: what an integer host sync reads; host_copy(meta tensor) -> CPU tensor: what a copy to the
+    host reads (see the module's docstring)."""
     from triton.runtime.jit import JITFunction
 
     events: list[Launch] = []
@@ -171,7 +180,7 @@ def gpu_trace(host_int: int = 0):
     JITFunction.run = record
     previous = _backend.set_meta_is_gpu(True)
     try:
-        with _Recorder(events, host_int):
+        with _Recorder(events, host_int, host_copy):
             yield events
     finally:
         _backend.set_meta_is_gpu(previous)

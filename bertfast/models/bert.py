@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from bertfast import ops
+from bertfast._validate import id_range_stats, raise_if_ids_out_of_range
 from bertfast.config import BertConfig
 from bertfast.nn import Embeddings, FusedLayerNorm, LinearActivation
 from bertfast.outputs import BaseModelOutputWithPoolingAndCrossAttentions
@@ -179,12 +180,50 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, output_attentions: bool):
-    """(AttentionInputs, the [B, S] bool key mask when the batch runs padding-free, else None)."""
+class HostFacts:
+    """What a forward must know on the host, read in its one synchronisation: whether the 2-D mask has
+    padding, its longest row and its token count (for packing); the mask's values and the ids were
+    checked in the same read."""
+
+    def __init__(self, all_real: bool = True, longest: int = 0, total: int = 0) -> None:
+        self.all_real, self.longest, self.total = all_real, longest, total
+
+
+def read_host_facts(attention_mask, named_ids) -> HostFacts:
+    """One host synchronisation for all of a forward's checks and sizes: the 2-D attention_mask's values
+    (0/1), padding, longest row and token count, and each (name, ids, rows) id tensor's range. Raises
+    ValueError for a bad mask, IndexError for an id outside its table."""
+    parts = list(id_range_stats(named_ids))
+    has_mask = attention_mask is not None and attention_mask.dim() == 2 and attention_mask.numel() > 0
+    if has_mask:
+        real = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
+        lengths = real.sum(1)
+        parts += [ops.attention.mask_values_ok(attention_mask).to(torch.int64), real.all().to(torch.int64),
+                  lengths.max(), lengths.sum()]
+    if not parts:
+        return HostFacts()
+    values = torch.stack(parts).tolist()  # the forward's one host synchronisation
+    if has_mask:
+        values, (values_ok, all_real, longest, total) = values[:-4], values[-4:]
+        if not values_ok:
+            raise ValueError(ops.attention.MASK_VALUES_MESSAGE)
+        facts = HostFacts(bool(all_real), int(longest), int(total))
+    else:
+        facts = HostFacts()
+    raise_if_ids_out_of_range(named_ids, values)
+    return facts
+
+
+def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, output_attentions: bool,
+                      facts: HostFacts | None = None):
+    """(AttentionInputs, the [B, S] bool key mask when the batch runs padding-free, else None). facts: the
+    mask's values checked and its padding read already (read_host_facts), or None (read here, or under
+    torch.compile not at all)."""
     if attention_mask is None:
         attention_mask_2d = None
     elif attention_mask.dim() == 2:
-        attention_mask_2d = ops.attention.check_attention_mask(attention_mask, batch, seq)
+        attention_mask_2d = ops.attention.check_attention_mask(attention_mask, batch, seq,
+                                                               values_checked=facts is not None)
     elif attention_mask.dim() in (3, 4):
         _warn_once("additive", "bertfast: a 3-D/4-D additive attention_mask runs the reference (eager) attention, "
                                "not the fused kernel")
@@ -209,7 +248,7 @@ def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, 
         # Packing needs the token count on the host (a graph break): compiled graphs run the padded batch
         # with the key mask instead.
         return AttentionInputs(key_mask=attention_mask_2d), None
-    if bool(attention_mask_2d.all()):
+    if facts.all_real if facts is not None else bool(attention_mask_2d.all()):
         return AttentionInputs(), None  # no padding: the padded layout has no waste
     return AttentionInputs(), attention_mask_2d
 
@@ -377,24 +416,34 @@ class BertModel(BertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def _packed_embeddings(self, packed, input_ids, token_type_ids, position_ids, inputs_embeds) -> torch.Tensor:
+    def _packed_embeddings(self, packed, input_ids, token_type_ids, position_ids, inputs_embeds,
+                           ids_checked: bool) -> torch.Tensor:
         """The embeddings of the real tokens only: [tokens, H]. Ids are gathered (after HF's defaults and
-        broadcasting) at the packed positions, so positions and segments are those of the padded layout."""
+        broadcasting) at the packed positions, so positions and segments are those of the padded layout:
+        HF's default positions are the packed tokens' column indices, its default segment stays one id."""
         batch, seq = packed.batch, packed.seqlen
-        token_type_ids, position_ids = self.embeddings.default_ids(seq, token_type_ids, position_ids)
-        for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+        if position_ids is None:
+            self.embeddings.default_ids(seq)  # (checks seq against max_position_embeddings)
+            position_ids = (packed.indices % seq)[None]
+        else:
+            position_ids = self._pack(packed, position_ids, "position_ids")
+        token_type_ids = None if token_type_ids is None else self._pack(packed, token_type_ids, "token_type_ids")
+        return self.embeddings(self._pack(packed, input_ids), token_type_ids, position_ids,
+                               self._pack(packed, inputs_embeds), ids_checked=ids_checked)[0]
+
+    @staticmethod
+    def _pack(packed, t, name=None):
+        """[B, S, ...] or broadcastable ids -> [1, tokens, ...] at the packed positions."""
+        if t is None:
+            return None
+        batch, seq = packed.batch, packed.seqlen
+        if name is not None:
             try:
                 torch.broadcast_shapes(t.shape, (batch, seq))
             except RuntimeError:
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, which does not broadcast to {(batch, seq)}") from None
-
-        def pack(t):  # [B, S, ...] or broadcastable ids -> [1, tokens, ...]
-            if t is None:
-                return None
-            t = t.expand(batch, seq, *t.shape[2:])
-            return t.reshape(batch * seq, *t.shape[2:]).index_select(0, packed.indices)[None]
-
-        return self.embeddings(pack(input_ids), pack(token_type_ids), pack(position_ids), pack(inputs_embeds))[0]
+        t = t.expand(batch, seq, *t.shape[2:])
+        return t.reshape(batch * seq, *t.shape[2:]).index_select(0, packed.indices)[None]
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 output_hidden_states=None, output_attentions=None, return_dict=None, **kwargs):
@@ -411,13 +460,23 @@ class BertModel(BertPreTrainedModel):
         batch, seq = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
 
         dtype = inputs_embeds.dtype if inputs_embeds is not None else self.embeddings.word_embeddings.weight.dtype
-        attn, key_mask = _attention_inputs(attention_mask, batch, seq, dtype, output_attentions)
+        facts = None
+        if not torch.compiler.is_compiling():
+            # One host synchronisation for the whole forward: the mask's values, padding and sizes, and the
+            # ids' ranges (no device assert, no wrong answer), read together.
+            emb = self.embeddings
+            named = [(name, t, table.num_embeddings) for name, t, table in (
+                ("input_ids", input_ids, emb.word_embeddings), ("token_type_ids", token_type_ids, emb.token_type_embeddings),
+                ("position_ids", position_ids, emb.position_embeddings)) if t is not None]
+            facts = read_host_facts(attention_mask, named)
+        attn, key_mask = _attention_inputs(attention_mask, batch, seq, dtype, output_attentions, facts)
         if key_mask is None:
-            hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+            hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, ids_checked=facts is not None)
         else:  # padding-free: pack the real tokens before the embeddings, pad back at the end
-            packed = ops.unpad(None, key_mask)
+            packed = ops.unpad(None, key_mask, sizes=(facts.longest, facts.total))
             attn.cu_seqlens, attn.max_seqlen = packed.cu_seqlens, packed.max_seqlen
-            hidden = self._packed_embeddings(packed, input_ids, token_type_ids, position_ids, inputs_embeds)
+            hidden = self._packed_embeddings(packed, input_ids, token_type_ids, position_ids, inputs_embeds,
+                                             ids_checked=True)
         sequence_output, all_hidden, all_probs = self.encoder(hidden, attn, output_hidden_states)
         if key_mask is not None:
             repad = lambda t: ops.pad(t, packed.indices, batch, seq)  # noqa: E731

@@ -74,11 +74,14 @@ class Embeddings(nn.Module):
             token_type_ids = self.token_type_ids[:, :1]
         return token_type_ids, position_ids
 
-    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None) -> torch.Tensor:
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                ids_checked: bool = False) -> torch.Tensor:
+        """ids_checked: the caller checked the ids' ranges (BertModel does, in its one host read)."""
         seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         token_type_ids, position_ids = self.default_ids(seq, token_type_ids, position_ids)
         x = ops.embedding_sum(input_ids, token_type_ids, position_ids, self.word_embeddings.weight,
                               self.token_type_embeddings.weight, self.position_embeddings.weight,
-                              padding_idx=self.word_embeddings.padding_idx, inputs_embeds=inputs_embeds)
+                              padding_idx=self.word_embeddings.padding_idx, inputs_embeds=inputs_embeds,
+                              ids_checked=ids_checked)
         # Dropout after the LayerNorm, as in HF (the fused op's dropout acts on its input).
         return F.dropout(self.LayerNorm(x), self.dropout_p, self.training)

@@ -21,20 +21,28 @@ from bertfast._validate import FLOAT_DTYPES, check_probability, check_same_devic
 from bertfast.ops._custom import FusedOp
 
 
-def check_attention_mask(attention_mask: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
-    """The [B, S] key mask as bool; any other shape or a value other than 0/1 raises."""
+MASK_VALUES_MESSAGE = "attention_mask must hold only 0 and 1 (1 = a real token, 0 = padding)"
+
+
+def mask_values_ok(attention_mask: torch.Tensor) -> torch.Tensor:
+    """A device-side bool: whether the mask holds only 0 and 1 (no host synchronisation)."""
+    if attention_mask.dtype == torch.bool:
+        return torch.ones((), dtype=torch.bool, device=attention_mask.device)
+    if attention_mask.is_floating_point() or attention_mask.is_complex():
+        return ((attention_mask == 0) | (attention_mask == 1)).all()
+    return ((attention_mask >= 0) & (attention_mask <= 1)).all()
+
+
+def check_attention_mask(attention_mask: torch.Tensor, batch: int, seq: int, values_checked: bool = False) -> torch.Tensor:
+    """The [B, S] key mask as bool; any other shape or a value other than 0/1 raises (reading the values is
+    a host synchronisation, skipped under torch.compile and when the caller says it checked them)."""
     check_tensor("attention_mask", attention_mask)
     if tuple(attention_mask.shape) != (batch, seq):
         raise ValueError(f"attention_mask must have shape [batch, seq] = {[batch, seq]}, got {list(attention_mask.shape)}")
     if attention_mask.dtype != torch.bool:
-        if torch.compiler.is_compiling():
-            return attention_mask != 0  # a value check needs the host: it runs in eager mode only
-        if attention_mask.is_floating_point() or attention_mask.is_complex():
-            bad = attention_mask.numel() and not bool(((attention_mask == 0) | (attention_mask == 1)).all())
-        else:
-            bad = attention_mask.numel() and bool(((attention_mask < 0) | (attention_mask > 1)).any())
-        if bad:
-            raise ValueError("attention_mask must hold only 0 and 1 (1 = a real token, 0 = padding)")
+        if not values_checked and not torch.compiler.is_compiling() and attention_mask.numel():
+            if not bool(mask_values_ok(attention_mask)):
+                raise ValueError(MASK_VALUES_MESSAGE)
         attention_mask = attention_mask != 0
     return attention_mask
 
@@ -211,22 +219,29 @@ class Unpadded:
         return iter((self.hidden, self.indices, self.cu_seqlens, self.max_seqlen))
 
 
-def unpad(hidden: torch.Tensor | None, attention_mask: torch.Tensor) -> Unpadded:
+def unpad(hidden: torch.Tensor | None, attention_mask: torch.Tensor, sizes: tuple[int, int] | None = None) -> Unpadded:
     """hidden [B, S, ...] and the [B, S] 0/1 mask -> packed [total, ...] of the real tokens (in order),
-    their flat indices into B*S, cu_seqlens (int32 [B + 1]) and max_seqlen (a host int: one sync).
+    their flat indices into B*S, cu_seqlens (int32 [B + 1]) and max_seqlen (a host int).
     Real tokens need not be contiguous within a row; each row's real tokens form one sequence.
-    hidden=None computes only the indices and sequences (Unpadded.hidden is then None)."""
+    hidden=None computes only the indices and sequences (Unpadded.hidden is then None).
+    Without `sizes` this reads the mask's values, its longest row and its token count on the host (host
+    synchronisations); a caller that has them already (BertModel reads everything it needs in one) passes
+    sizes = (longest row, token count) and the mask as checked: then nothing waits for the device."""
     check_tensor("attention_mask", attention_mask, dim=2)
     batch, seq = attention_mask.shape
     if hidden is not None:
         check_tensor("hidden", hidden)
         if tuple(hidden.shape[:2]) != (batch, seq):
             raise ValueError(f"hidden must be [batch, seq, ...] = [{batch}, {seq}, ...], got shape {tuple(hidden.shape)}")
-    key_mask = check_attention_mask(attention_mask, batch, seq)
+    key_mask = check_attention_mask(attention_mask, batch, seq, values_checked=sizes is not None)
     lengths = key_mask.sum(1, dtype=torch.int32)
-    indices = key_mask.flatten().nonzero().squeeze(1)
     cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-    max_seqlen = int(lengths.max()) if batch else 0
+    if sizes is None:
+        indices = key_mask.flatten().nonzero().squeeze(1)
+        max_seqlen = int(lengths.max()) if batch else 0
+    else:
+        max_seqlen, total = sizes
+        indices = torch.nonzero_static(key_mask.flatten(), size=total).squeeze(1)
     packed = unpad_with(hidden.flatten(0, 1), indices) if hidden is not None else None
     return Unpadded(packed, indices, cu_seqlens, max_seqlen, batch, seq)
 

@@ -1,0 +1,96 @@
+"""The launch and traffic check on fake (meta) tensors (bertfast.kernels.traffic), no GPU needed: every
+public op's CUDA path allocates, launches and synchronises no more than its design, a deliberately
+wasteful variant is caught, and a whole BertModel training step synchronises with the host once.
+Run in subprocesses with TRITON_INTERPRET=0: the launches are recorded, not run, which needs triton's
+JIT functions rather than the interpreter the rest of the suite uses."""
+import os
+import subprocess
+import sys
+import textwrap
+
+ENV = dict(os.environ, TRITON_INTERPRET="0")
+
+
+def run_python(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_every_op_meets_its_design():
+    out = subprocess.run([sys.executable, "-m", "bertfast.kernels.traffic"], capture_output=True, text=True, env=ENV)
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "problems: 0" in out.stdout
+    for op in ("fused_residual_layer_norm", "fused_bias_gelu", "fused_attention_varlen", "embedding_sum"):
+        assert op in out.stdout
+
+
+def test_a_wasteful_variant_fails():
+    """Two plausible mistakes the check must catch: buffers allocated with zeros although the kernel
+    writes them (a fill launch and its bytes), and an output computed in fp32 and cast back (a launch,
+    and bytes beyond the outputs)."""
+    stdout = run_python("""
+        import torch
+        from bertfast.kernels import traffic
+
+        case = next(c for c in traffic.cases() if c.name.startswith("fused_residual_layer_norm (dropout"))
+        honest = traffic.check(traffic.measure(case))
+        assert honest == [], honest
+
+        empty_like = torch.empty_like
+        torch.empty_like = lambda *a, **k: torch.zeros_like(*a, **k)
+        try:
+            zeros = traffic.check(traffic.measure(case))
+        finally:
+            torch.empty_like = empty_like
+        assert any("zero-filled" in p for p in zeros), zeros
+
+        import bertfast.kernels.layer_norm as kernels
+        launcher = kernels.residual_layer_norm_forward
+        def via_fp32(*args):
+            y, mean, rstd = launcher(*args)
+            return y.float().to(y.dtype), mean, rstd
+        kernels.residual_layer_norm_forward = via_fp32
+        try:
+            cast = traffic.check(traffic.measure(case))
+        finally:
+            kernels.residual_layer_norm_forward = launcher
+        assert any("launches" in p for p in cast) and any("beyond its outputs" in p for p in cast), cast
+        print("caught", len(zeros), len(cast))
+    """)
+    assert "caught" in stdout
+
+
+def test_a_bert_training_step_synchronises_once():
+    """BertModel (BERT-base layer shapes, 2 layers) forward and backward, padded batch, on meta tensors:
+    the one host read of the forward (mask values, padding, sizes, id ranges together), none in the
+    backward; every layer's ops on the GPU path (no reference fallback)."""
+    stdout = run_python("""
+        import torch
+        import bertfast
+        from bertfast.kernels.trace import gpu_trace
+
+        cfg = bertfast.BertConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                  num_hidden_layers=2)
+        with torch.device("meta"):
+            model = bertfast.BertModel(cfg).to(torch.bfloat16)
+        model.train()
+        ids = torch.empty(64, 128, dtype=torch.long, device="meta")
+        mask = torch.empty(64, 128, dtype=torch.long, device="meta")
+        # what the one host read returns: ids min/max, mask values ok, all real (no: pack), longest, total
+        read = lambda t: torch.tensor([1, 30000, 1, 0, 128, 64 * 100])[: t.numel()].reshape(t.shape)
+        with gpu_trace(host_copy=read) as forward:
+            out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        with gpu_trace() as backward:
+            torch.autograd.grad(out.float().sum(), list(model.parameters()), allow_unused=True)
+        syncs = [e.name for e in forward if e.kind == "sync"]
+        assert syncs == ["copy to host"], syncs
+        assert not [e for e in backward if e.kind == "sync"]
+        kernels = {e.name for e in forward + backward if e.kind in ("triton", "extension")}
+        for k in ("attention_fwd_kernel", "attention_bwd_dq_kernel", "residual_layer_norm_fwd_kernel",
+                  "bias_gelu_bwd_kernel", "embedding_sum_forward", "embedding_pieces_kernel"):
+            assert k in kernels, (k, kernels)
+        print("syncs", len(syncs))
+    """)
+    assert "syncs 1" in stdout
