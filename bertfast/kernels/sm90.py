@@ -119,17 +119,17 @@ def _attention(tokens, seq, heads, head_dim, dtype, p, varlen):
     return run
 
 
-def _embedding(tokens, hidden, dtype, seq, per_token_ids=False):
+def _embedding(tokens, hidden, dtype, seq, per_token_ids=False, packed=False):
     """As BertModel calls it on a batch without padding: ids checked in its one host read, its segment and
-    position defaults as buffers ([1, 1], [1, S]); per_token_ids: every id tensor [B, S] (as a packed
-    batch, or given segments)."""
+    position defaults as buffers ([1, 1], [1, S]); packed: as on a padded batch it packs (positions one
+    per token, the default segment); per_token_ids: every id tensor one per token (given segments)."""
     from bertfast import ops
 
     def run():
         batch = tokens // seq
         ids = torch.empty(batch, seq, dtype=torch.long, device="meta")
         segments = ids if per_token_ids else torch.empty(1, 1, dtype=torch.long, device="meta")
-        positions = ids if per_token_ids else torch.empty(1, seq, dtype=torch.long, device="meta")
+        positions = ids if per_token_ids or packed else torch.empty(1, seq, dtype=torch.long, device="meta")
         word = meta(30522, hidden, dtype=dtype, requires_grad=True)
         types = meta(2, hidden, dtype=dtype, requires_grad=True)
         pos = meta(512, hidden, dtype=dtype, requires_grad=True)
@@ -155,6 +155,8 @@ def scenarios() -> list[Scenario]:
                 out.append(Scenario(f"bias_gelu {model} {dname}", "bias_gelu", _bias_gelu(TOKENS, inter, dtype), train))
                 out.append(Scenario(f"embedding_sum {model} {dname}", "embedding",
                                     _embedding(TOKENS, hidden, dtype, 512), train))
+                out.append(Scenario(f"embedding_sum (packed) {model} {dname}", "embedding",
+                                    _embedding(TOKENS, hidden, dtype, 512, packed=True), train))
             for varlen in (True, False):
                 for p in (0.1, 0.0):
                     for seq in SEQ_LENS:

@@ -177,9 +177,11 @@ def cases() -> list[Case]:
              why="backward: delta = rowsum(dO * O), then dK/dV and dQ"),
         Case("fused_attention padded + key mask (dropout 0.1)", _attention_padded(), (2, 3), syncs=(0, 0),
              why="forward: the bool key mask as int8, then the kernel"),
-        Case("embedding_sum (ids checked by the caller)", _embedding(True), (1, 5), fills=(0, 2),
+        Case("embedding_sum (ids checked by the caller)", _embedding(True), (1, 5), fills=(0, 2), scratch_share=0.08,
              why="forward: one kernel; backward: sort the word ids, mark the run bounds unused (-1, a fill), zero "
-                 "the fp32 workspace the small tables accumulate in (a fill), the pieces kernel, the rows kernel"),
+                 "the fp32 workspace the small tables accumulate in (a fill), the pieces kernel, the rows kernel; "
+                 "scratch: two fp32 rows a piece of 16 sorted ids for runs crossing pieces (6.3 MB, written only "
+                 "where a run crosses), the sorted ids and the small tables' workspace"),
     ]
 
 
