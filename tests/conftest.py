@@ -22,3 +22,23 @@ def backend(monkeypatch):
         monkeypatch.setenv("BERTFAST_BACKEND", name)
 
     return set_backend
+
+
+@pytest.fixture
+def run_compiled():
+    """Run Python code in a subprocess with TRITON_INTERPRET=0 (the static checks record or compile Triton's
+    JIT functions, which the interpreter the rest of the suite runs replaces); returns its stdout and
+    fails the test with its output when it exits non-zero."""
+    import subprocess
+    import sys
+    import textwrap
+
+    def run(code: str | None = None, module_args: list[str] | None = None) -> str:
+        env = dict(os.environ, TRITON_INTERPRET="0")
+        argv = ["-m", *module_args] if module_args else ["-c", textwrap.dedent(code)]
+        out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env)
+        print(out.stdout[-5000:], out.stderr[-3000:])
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout
+
+    return run

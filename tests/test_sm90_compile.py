@@ -11,22 +11,10 @@ Both run in a subprocess with TRITON_INTERPRET=0: the rest of the suite runs Tri
 kernels cannot be compiled.
 """
 import json
-import os
-import subprocess
-import sys
-import textwrap
-
-ENV = dict(os.environ, TRITON_INTERPRET="0")
 
 
-def run_python(code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=ENV)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout
-
-
-def test_compiled_variants_are_what_the_model_launches():
-    stdout = run_python("""
+def test_compiled_variants_are_what_the_model_launches(run_compiled):
+    stdout = run_compiled("""
         import torch
         import bertfast
         from bertfast.kernels import sm90
@@ -66,12 +54,9 @@ def test_compiled_variants_are_what_the_model_launches():
     assert "checked" in stdout
 
 
-def test_static_roofline_meets_the_goals(tmp_path):
+def test_static_roofline_meets_the_goals(tmp_path, run_compiled):
     report = tmp_path / "sm90.json"
-    out = subprocess.run([sys.executable, "-m", "bertfast.kernels.sm90", "--json", str(report)], capture_output=True,
-                         text=True, env=ENV)
-    print(out.stdout[-5000:], out.stderr[-3000:])
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_compiled(module_args=["bertfast.kernels.sm90", "--json", str(report)])
     data = json.loads(report.read_text())
     predictions = data["predictions"]
     assert not data["missed"]

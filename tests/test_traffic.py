@@ -3,34 +3,20 @@ public op's CUDA path allocates, launches and synchronises no more than its desi
 wasteful variant is caught, and a whole BertModel training step synchronises with the host once.
 Run in subprocesses with TRITON_INTERPRET=0: the launches are recorded, not run, which needs triton's
 JIT functions rather than the interpreter the rest of the suite uses."""
-import os
-import subprocess
-import sys
-import textwrap
-
-ENV = dict(os.environ, TRITON_INTERPRET="0")
 
 
-def run_python(code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=ENV)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout
-
-
-def test_every_op_meets_its_design():
-    out = subprocess.run([sys.executable, "-m", "bertfast.kernels.traffic"], capture_output=True, text=True, env=ENV)
-    print(out.stdout)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "problems: 0" in out.stdout
+def test_every_op_meets_its_design(run_compiled):
+    stdout = run_compiled(module_args=["bertfast.kernels.traffic"])
+    assert "problems: 0" in stdout
     for op in ("fused_residual_layer_norm", "fused_bias_gelu", "fused_attention_varlen", "embedding_sum"):
-        assert op in out.stdout
+        assert op in stdout
 
 
-def test_a_wasteful_variant_fails():
+def test_a_wasteful_variant_fails(run_compiled):
     """Two plausible mistakes the check must catch: buffers allocated with zeros although the kernel
     writes them (a fill launch and its bytes), and an output computed in fp32 and cast back (a launch,
     and bytes beyond the outputs)."""
-    stdout = run_python("""
+    stdout = run_compiled("""
         import torch
         from bertfast.kernels import traffic
 
@@ -62,11 +48,11 @@ def test_a_wasteful_variant_fails():
     assert "caught" in stdout
 
 
-def test_a_bert_training_step_synchronises_once():
+def test_a_bert_training_step_synchronises_once(run_compiled):
     """BertModel (BERT-base layer shapes, 2 layers) forward and backward, padded batch, on meta tensors:
     the one host read of the forward (mask values, padding, sizes, id ranges together), none in the
     backward; every layer's ops on the GPU path (no reference fallback)."""
-    stdout = run_python("""
+    stdout = run_compiled("""
         import torch
         import bertfast
         from bertfast.kernels.trace import gpu_trace

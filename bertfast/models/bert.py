@@ -421,7 +421,7 @@ class BertModel(BertPreTrainedModel):
         """The embeddings of the real tokens only: [tokens, H]. Ids are gathered (after HF's defaults and
         broadcasting) at the packed positions, so positions and segments are those of the padded layout:
         HF's default positions are the packed tokens' column indices, its default segment stays one id."""
-        batch, seq = packed.batch, packed.seqlen
+        seq = packed.seqlen
         if position_ids is None:
             self.embeddings.default_ids(seq)  # (checks seq against max_position_embeddings)
             position_ids = (packed.indices % seq)[None]
