@@ -144,6 +144,46 @@ def test_dropout_is_reproducible_and_matches_reference_with_its_mask():
     assert torch.equal(ops.fused_attention(q, k, v, mask, dropout_p=p, training=False), ops.fused_attention(q, k, v, mask))
 
 
+@pytest.mark.parametrize("mode", ["padded", "varlen"])
+@pytest.mark.parametrize("seq,seed", [(9, 1), (40, 2), (70, 3)])
+def test_dropout_backward_matches_reference_with_the_kernels_mask(mode, seq, seed):
+    """Forward and all gradients with dropout, padded (left padding and a single-token row) and packed,
+    lengths below, at and above the key block, several seeds, against the reference given the kernel's
+    own mask. A mask's rows and columns are positions in the sequence as the kernel sees it: the padded
+    layout's, or the packed sequence's (numbered from 0), so each mode is compared with its own."""
+    p = 0.25
+    batch, heads, dim = 3, 2, 32
+    (q, k, v), mask = make(batch, heads, seq, dim, seed=seed)
+    mask = mask.flip(1)  # left padding: lengths seq, seq // 2, 1
+    dout = torch.randn(batch, heads, seq, dim, generator=torch.Generator().manual_seed(seed))
+    if mode == "padded":
+        out = ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed)
+        keep = attention_dropout_keep_mask(batch * heads, seq, p, seed, "cpu").view(batch, heads, seq, seq)
+        ref = attention_ref(q, k, v, mask, dropout_mask=keep, dropout_scale=keep_scale(p))
+        real = torch.ones_like(out, dtype=torch.bool)
+    else:
+        packed = [ops.unpad(t.transpose(1, 2), mask) for t in (q, k, v)]
+        u = packed[0]
+        out_v = ops.fused_attention_varlen(*(x.hidden for x in packed), u.cu_seqlens, u.max_seqlen, dropout_p=p,
+                                           training=True, seed=seed)
+        out = ops.pad(out_v, u.indices, batch, seq).transpose(1, 2)
+        # packed: sequence b's rows and columns are its real tokens, numbered from 0
+        keep = attention_dropout_keep_mask(batch * heads, u.max_seqlen, p, seed, "cpu").view(batch, heads, u.max_seqlen,
+                                                                                              u.max_seqlen)
+        full = torch.zeros(batch, heads, seq, seq, dtype=torch.bool)
+        for b_ in range(batch):
+            where = mask[b_].bool().nonzero().squeeze(1)
+            n = where.numel()
+            full[b_][:, where[:, None], where[None, :]] = keep[b_, :, :n, :n]
+        ref = attention_ref(q, k, v, mask, dropout_mask=full, dropout_scale=keep_scale(p))
+        real = mask.bool()[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-5)
+    got = grads(out, (q, k, v), dout * real)
+    want = grads(ref, (q, k, v), dout * real)
+    for name, a, b_ in zip("qkv", got, want):
+        torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+
+
 def test_opcheck():
     (q, k, v), mask = make(2, 2, 9, 32)
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))

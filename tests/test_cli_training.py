@@ -30,17 +30,20 @@ def test_default_pretraining_lowers_mlm_loss(tmp_path):
     assert json.loads((tmp_path / "pt2" / "trainer_state.json").read_text())["step"] == 130
 
 
-@pytest.mark.parametrize("task,train,evaluate,metric", [
-    ("ner", "ner_train.jsonl", "ner_eval.jsonl", "entity_f1"),
-    ("qa", "qa_train.jsonl", "qa_eval.jsonl", "exact_match"),
+@pytest.mark.parametrize("task,train,evaluate,metric,bar", [
+    ("ner", "ner_train.jsonl", "ner_eval.jsonl", "entity_f1", 0.5),
+    ("qa", "qa_train.jsonl", "qa_eval.jsonl", "exact_match", 0.3),
 ])
-def test_finetune_tasks_run_and_report(tmp_path, minilm_dir, task, train, evaluate, metric):
+def test_finetune_tasks_learn(tmp_path, minilm_dir, task, train, evaluate, metric, bar):
+    """Three epochs on the bundled templated sets (their entities and answers follow from the words
+    around them) must learn measurably: chance is near 0 for both (entity F1 of random tags; an exact
+    span among ~100 of a context). Seen: entity F1 0.37 -> 0.71, exact match 0.37 -> 0.47."""
     out = run("finetune", task, "--train", str(DATA / train), "--eval", str(DATA / evaluate), "--from", minilm_dir,
-              "--epochs", "1", "--out", str(tmp_path / task))
+              "--epochs", "3", "--out", str(tmp_path / task))
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"epoch 1: {metric}" in out.stdout
     history = json.loads((tmp_path / task / "trainer_state.json").read_text())["history"]
-    assert 0.0 <= history[0][metric] <= 1.0
+    assert history[-1][metric] > bar and history[-1][metric] > history[0][metric], history
 
 
 def test_finetune_classify_beats_chance(tmp_path, minilm_dir):

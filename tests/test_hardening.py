@@ -28,18 +28,31 @@ def grads_of(model, inputs, seed=0):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-ON = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]  # cuda: the Triton kernels
+# cpu: the reference ops; triton: the Triton kernels under the interpreter (their dropout masks are drawn
+# in the kernels and must be redrawn identically); cuda: the Triton kernels on a GPU
+ON = [pytest.param("cpu"), pytest.param("triton"), pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def on(device, inputs):
-    return {k: v.to(device) for k, v in inputs.items()}
+    return {k: v.to("cpu" if device == "triton" else device) for k, v in inputs.items()}
+
+
+@pytest.fixture
+def place(backend):
+    """The torch device of a case of ON, with the backend it means set."""
+    def choose(device):
+        if device == "triton":
+            backend("triton")
+            return "cpu"
+        return device
+    return choose
 
 
 @pytest.mark.parametrize("device", ON)
 @pytest.mark.parametrize("reentrant", [True, False])
-def test_gradient_checkpointing_gives_the_same_gradients(reentrant, device):
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant, device, place):
     torch.manual_seed(0)
-    model = bertfast.BertModel(tiny()).train().to(device)  # dropout on: the recomputation must redraw the same masks
+    model = bertfast.BertModel(tiny()).train().to(place(device))  # dropout on: the recomputation must redraw the same masks
     inputs = on(device, batch())
     want = grads_of(model, inputs)
     model.gradient_checkpointing_enable({"use_reentrant": reentrant})
@@ -50,10 +63,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(reentrant, device):
 
 
 @pytest.mark.parametrize("device", ON)
-def test_deterministic_algorithms_give_bitwise_identical_gradients(device, monkeypatch):
+def test_deterministic_algorithms_give_bitwise_identical_gradients(device, monkeypatch, place):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS asks for
     torch.manual_seed(0)
-    model = bertfast.BertModel(tiny()).train().to(device)
+    model = bertfast.BertModel(tiny()).train().to(place(device))
     inputs = on(device, batch())
     torch.use_deterministic_algorithms(True)
     try:
@@ -78,6 +91,10 @@ def model():
     (dict(input_ids=torch.ones(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 5)), ValueError,
      r"attention_mask must have shape \[batch, seq\] = \[2, 4\]"),
     (dict(input_ids=torch.ones(2, 4, dtype=torch.long), attention_mask=torch.full((2, 4), 2)), ValueError, "only 0 and 1"),
+    (dict(input_ids=torch.ones(2, 4, dtype=torch.long), attention_mask=torch.full((2, 4), 0.5)), ValueError,
+     "only 0 and 1"),
+    (dict(input_ids=torch.ones(2, 4, dtype=torch.long), attention_mask=torch.full((2, 4), -1)), ValueError,
+     "only 0 and 1"),
     (dict(input_ids=torch.ones(2, 4, dtype=torch.long), attention_mask=torch.ones(3, 4)), ValueError, "attention_mask must have shape"),
     (dict(input_ids=torch.ones(2, 4, dtype=torch.long), token_type_ids=torch.zeros(3, 4, dtype=torch.long)), ValueError,
      "token_type_ids has shape"),
@@ -91,6 +108,15 @@ def model():
 def test_bad_input_raises_clearly(model, kwargs, error, match):
     with pytest.raises(error, match=match):
         model(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.float16, torch.int32])
+def test_masks_of_every_dtype_mean_the_same(model, dtype):
+    inputs = batch()
+    with torch.no_grad():
+        want = model(**inputs).last_hidden_state
+        got = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"].to(dtype)).last_hidden_state
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 def test_empty_zero_length_and_odd_layouts(model):

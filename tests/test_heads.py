@@ -30,11 +30,17 @@ def pair(name, **kw):
     return cfg, hf, bf
 
 
-def batch(cfg, b=3, s=11, choices=None):
+def batch(cfg, b=3, s=11, choices=None, layout="right"):
+    """Rows of lengths s, 6 and 1 (a single token), padded on the right or the left, or with holes."""
     g = torch.Generator().manual_seed(1)
     shape = (b, choices, s) if choices else (b, s)
     lengths = torch.tensor([s, 6, 1, 9, 4])[:b]
     mask = (torch.arange(s)[None] < lengths[:, None]).long()
+    if layout == "left":
+        mask = mask.flip(1)
+    elif layout == "holes":
+        mask[0, 3:5] = 0
+        mask[1, 1] = 0
     if choices:
         mask = mask[:, None].expand(shape).contiguous()
     ids = torch.randint(1, cfg.vocab_size, shape, generator=g) * mask
@@ -86,11 +92,16 @@ def real(name, t, mask):
     return t
 
 
+@pytest.mark.parametrize("layout,backend_name", [("right", "torch"), ("left", "torch"), ("holes", "torch"),
+                                                 ("left", "triton"), ("holes", "triton")])
 @pytest.mark.parametrize("name", HEADS)
-def test_head_matches_transformers(name):
+def test_head_matches_transformers(name, layout, backend_name, backend):
+    """Each head, right or left padding or holes, a single-token row; the reference ops, and the Triton
+    kernels under the interpreter."""
+    backend(backend_name)
     kw = dict(num_labels=3) if name in ("BertForSequenceClassification", "BertForTokenClassification") else {}
     cfg, hf, bf = pair(name, **kw)
-    inputs, g = batch(cfg, choices=4 if name == "BertForMultipleChoice" else None)
+    inputs, g = batch(cfg, choices=4 if name == "BertForMultipleChoice" else None, layout=layout)
     labels = labels_for(name, cfg, inputs, g)
     mask = inputs["attention_mask"]
     # logits without labels

@@ -65,6 +65,29 @@ def test_fp32_plain_layer_norm(n):
     check(7, n, residual=False)
 
 
+@pytest.mark.parametrize("eps", [1e-5, 1e-6, 1e-12])
+def test_realistic_eps_on_near_constant_rows(eps):
+    """Rows whose variance is comparable to eps (1e-6: values 0.01 +- 1e-3): where eps enters the square
+    root matters here, invisible with 1e-12 on N(0, 1) rows. Against LayerNorm in float64 on the same
+    inputs: the fp32 statistics of such rows are good to ~1e-6 relative (an offset of 0.01 keeps the
+    rounding of the inputs far below their spread), so 1e-5 on the O(1) normalised values and gradients
+    (dweight/dbias sum 9 rows)."""
+    g = torch.Generator().manual_seed(11)
+    x = (0.01 + 1e-3 * torch.randn(9, 768, generator=g)).requires_grad_()
+    r = (1e-3 * torch.randn(9, 768, generator=g)).requires_grad_()
+    w, b = torch.randn(768, generator=g).requires_grad_(), torch.randn(768, generator=g).requires_grad_()
+    y = ops.fused_residual_layer_norm(x, r, w, b, eps)
+    leaves64 = [t.detach().double().requires_grad_() for t in (x, r, w, b)]
+    ref = torch.nn.functional.layer_norm(leaves64[0] + leaves64[1], (768,), leaves64[2], leaves64[3], eps)
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+    dy = torch.randn(9, 768, generator=g)
+    got = torch.autograd.grad(y, (x, r, w, b), dy)
+    want = torch.autograd.grad(ref, leaves64, dy.double())
+    for name, a, b_ in zip("xrwb", got, want):
+        scale = b_.abs().max().item()  # dx is large here: gradients scale like 1 / std
+        torch.testing.assert_close(a.double(), b_, atol=1e-5 * max(scale, 1.0), rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+
+
 def test_fp32_no_affine():
     check(7, 1000, affine=False)
 

@@ -185,3 +185,41 @@ def test_random_base_through_triton_kernels(backend):
         want, got = hf(**batch), bf(**batch)
     assert real_token_diff(want.last_hidden_state, got.last_hidden_state, batch["attention_mask"]) <= 1e-5
     assert (want.pooler_output - got.pooler_output).abs().max().item() <= 1e-5
+
+
+def layout_mask(layout: str, batch: int, seq: int) -> torch.Tensor:
+    """Masks that tell the padded layout's positions apart from packed indices: right padding, left
+    padding, holes inside rows; always with a single-token row and rows of different lengths."""
+    lengths = [seq, seq // 2, 1, seq - 3][:batch]
+    mask = torch.zeros(batch, seq, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        if layout == "left":
+            mask[row, seq - n:] = 1
+        else:
+            mask[row, :n] = 1
+    if layout == "holes":
+        mask[0, 2:5] = 0
+        mask[3, 1::3] = 0
+    return mask
+
+
+@pytest.mark.parametrize("layout", ["left", "holes"])
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+def test_padding_layouts_match_transformers(backend, layout, backend_name):
+    """Left padding and holes (the packed positions are the padded layout's, as in transformers), a
+    single-token row; through the reference ops and the Triton kernels (interpreter). A smaller config than
+    BERT-base, for the interpreter's sake: 4 layers, hidden 128, 4 heads of 32."""
+    torch.manual_seed(0)
+    cfg = bertfast.BertConfig(vocab_size=500, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                              intermediate_size=256, max_position_embeddings=64)
+    hf = transformers.BertModel(cfg.to_hf()).eval()
+    bf = bertfast.BertModel(cfg).eval()
+    bf.load_state_dict(hf.state_dict(), strict=True)
+    mask = layout_mask(layout, 4, 23)
+    g = torch.Generator().manual_seed(2)
+    batch = dict(input_ids=torch.randint(1, cfg.vocab_size, (4, 23), generator=g) * mask, attention_mask=mask,
+                 token_type_ids=torch.randint(0, 2, (4, 23), generator=g))
+    backend(backend_name)
+    with torch.no_grad():
+        want, got = hf(**batch), bf(**batch)
+    assert real_token_diff(want.last_hidden_state, got.last_hidden_state, mask) <= 1e-5

@@ -36,24 +36,37 @@ def test_bias_gelu_property(rows, n, dtype, seed, approximate):
 @given(rows=st.integers(1, 40), n=st.integers(2, 300), dtype=DTYPES, seed=st.integers(0, 2**16),
        residual=st.booleans())
 def test_layer_norm_property(rows, n, dtype, seed, residual):
+    """Forward and every gradient (dweight/dbias sum `rows` terms: the tolerance grows like sqrt(rows))."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, n, generator=g).to(dtype)
-    r = torch.randn(rows, n, generator=g).to(dtype) if residual else None
-    w, b = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    x = torch.randn(rows, n, generator=g).to(dtype).requires_grad_()
+    r = torch.randn(rows, n, generator=g).to(dtype).requires_grad_() if residual else None
+    w, b = torch.randn(n, generator=g).requires_grad_(), torch.randn(n, generator=g).requires_grad_()
     got = ops.fused_residual_layer_norm(x, r, w, b, 1e-5)
-    want = residual_layer_norm_ref(x.float(), r.float() if residual else None, w, b, 1e-5)
-    torch.testing.assert_close(got.float(), want, **{k: 4 * v for k, v in TOL[dtype].items()})
+    leaves = [t for t in (x, r, w, b) if t is not None]
+    ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
+    xr, rr = ref_leaves[0], ref_leaves[1] if residual else None
+    want = residual_layer_norm_ref(xr, rr, ref_leaves[-2], ref_leaves[-1], 1e-5)
+    tol = {k: 4 * v for k, v in TOL[dtype].items()}
+    torch.testing.assert_close(got.float(), want, **tol)
+    dy = torch.randn(rows, n, generator=g)
+    for a, b_ in zip(torch.autograd.grad(got, leaves, dy.to(dtype)), torch.autograd.grad(want, ref_leaves, dy.to(dtype).float())):
+        torch.testing.assert_close(a.float(), b_, atol=tol["atol"] * rows ** 0.5 * 4, rtol=tol["rtol"] * 4)
 
 
 @SETTINGS
 @given(batch=st.integers(1, 4), seq=st.integers(1, 40), heads=st.integers(1, 3), dim=st.sampled_from([16, 32]),
        seed=st.integers(0, 2**16), data=st.data())
 def test_attention_property(batch, seq, heads, dim, seed, data):
+    """Forward and the gradients of q, k, v, any 0/1 mask (fp32)."""
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(batch, heads, seq, dim, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(batch, heads, seq, dim, generator=g).requires_grad_() for _ in range(3))
     mask = torch.tensor(data.draw(st.lists(st.lists(st.integers(0, 1), min_size=seq, max_size=seq),
                                            min_size=batch, max_size=batch)))
-    torch.testing.assert_close(ops.fused_attention(q, k, v, mask), attention_ref(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    got, want = ops.fused_attention(q, k, v, mask), attention_ref(q, k, v, mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    dout = torch.randn(batch, heads, seq, dim, generator=g)
+    for a, b_ in zip(torch.autograd.grad(got, (q, k, v), dout), torch.autograd.grad(want, (q, k, v), dout)):
+        torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5)
 
 
 @SETTINGS

@@ -34,8 +34,9 @@ def test_compiled_variants_are_what_the_model_launches(run_compiled):
             ids = torch.empty(64, 128, dtype=torch.long, device="meta")
             mask = torch.empty(64, 128, dtype=torch.long, device="meta")
             # the forward's one host read: ids min/max, mask values ok, all real (no: the model packs its tokens,
-            # unless it runs padded, as under torch.compile: the key-mask kernels), longest row, token count
-            read = lambda t: torch.tensor([1, 30000, 1, 0, 128, 64 * 100])[: t.numel()].reshape(t.shape)
+            # unless it runs padded, as under torch.compile: the key-mask kernels), longest row, token count,
+            # position 0 real in every row
+            read = lambda t: torch.tensor([1, 30000, 1, 0, 128, 64 * 100, 1])[: t.numel()].reshape(t.shape)
             with gpu_trace(host_copy=read) as events:
                 if padded:
                     from bertfast.models.bert import AttentionInputs

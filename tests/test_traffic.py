@@ -64,8 +64,9 @@ def test_a_bert_training_step_synchronises_once(run_compiled):
         model.train()
         ids = torch.empty(64, 128, dtype=torch.long, device="meta")
         mask = torch.empty(64, 128, dtype=torch.long, device="meta")
-        # what the one host read returns: ids min/max, mask values ok, all real (no: pack), longest, total
-        read = lambda t: torch.tensor([1, 30000, 1, 0, 128, 64 * 100])[: t.numel()].reshape(t.shape)
+        # what the one host read returns: ids min/max, mask values ok, all real (no: pack), longest, total,
+        # position 0 real in every row
+        read = lambda t: torch.tensor([1, 30000, 1, 0, 128, 64 * 100, 1])[: t.numel()].reshape(t.shape)
         with gpu_trace(host_copy=read) as forward:
             out = model(input_ids=ids, attention_mask=mask).last_hidden_state
         with gpu_trace() as backward:

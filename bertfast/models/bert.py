@@ -185,8 +185,8 @@ class HostFacts:
     padding, its longest row and its token count (for packing); the mask's values and the ids were
     checked in the same read."""
 
-    def __init__(self, all_real: bool = True, longest: int = 0, total: int = 0) -> None:
-        self.all_real, self.longest, self.total = all_real, longest, total
+    def __init__(self, all_real: bool = True, longest: int = 0, total: int = 0, first_real: bool = True) -> None:
+        self.all_real, self.longest, self.total, self.first_real = all_real, longest, total, first_real
 
 
 def read_host_facts(attention_mask, named_ids) -> HostFacts:
@@ -199,15 +199,15 @@ def read_host_facts(attention_mask, named_ids) -> HostFacts:
         real = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
         lengths = real.sum(1)
         parts += [ops.attention.mask_values_ok(attention_mask).to(torch.int64), real.all().to(torch.int64),
-                  lengths.max(), lengths.sum()]
+                  lengths.max(), lengths.sum(), real[:, 0].all().to(torch.int64)]
     if not parts:
         return HostFacts()
     values = torch.stack(parts).tolist()  # the forward's one host synchronisation
     if has_mask:
-        values, (values_ok, all_real, longest, total) = values[:-4], values[-4:]
+        values, (values_ok, all_real, longest, total, first_real) = values[:-5], values[-5:]
         if not values_ok:
             raise ValueError(ops.attention.MASK_VALUES_MESSAGE)
-        facts = HostFacts(bool(all_real), int(longest), int(total))
+        facts = HostFacts(bool(all_real), int(longest), int(total), bool(first_real))
     else:
         facts = HostFacts()
     raise_if_ids_out_of_range(named_ids, values)
@@ -470,6 +470,11 @@ class BertModel(BertPreTrainedModel):
                 ("position_ids", position_ids, emb.position_embeddings)) if t is not None]
             facts = read_host_facts(attention_mask, named)
         attn, key_mask = _attention_inputs(attention_mask, batch, seq, dtype, output_attentions, facts)
+        if key_mask is not None and self.pooler is not None and not facts.first_real:
+            # Padding at position 0 (left padding): the pooler reads that position, where transformers
+            # computes a value (its query attends to the real keys). This batch runs padded with the key
+            # mask, computing it the same way.
+            attn, key_mask = AttentionInputs(key_mask=key_mask), None
         if key_mask is None:
             hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, ids_checked=facts is not None)
         else:  # padding-free: pack the real tokens before the embeddings, pad back at the end
