@@ -182,8 +182,8 @@ def _warn_once(key: str, message: str) -> None:
 
 class HostFacts:
     """What a forward must know on the host, read in its one synchronisation: whether the 2-D mask has
-    padding, its longest row and its token count (for packing); the mask's values and the ids were
-    checked in the same read."""
+    padding, its longest row and its token count (for packing), whether every row with a real token has
+    one at position 0 (no left padding); the mask's values and the ids were checked in the same read."""
 
     def __init__(self, all_real: bool = True, longest: int = 0, total: int = 0, first_real: bool = True) -> None:
         self.all_real, self.longest, self.total, self.first_real = all_real, longest, total, first_real
@@ -199,7 +199,7 @@ def read_host_facts(attention_mask, named_ids) -> HostFacts:
         real = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
         lengths = real.sum(1)
         parts += [ops.attention.mask_values_ok(attention_mask).to(torch.int64), real.all().to(torch.int64),
-                  lengths.max(), lengths.sum(), real[:, 0].all().to(torch.int64)]
+                  lengths.max(), lengths.sum(), (real[:, 0] | (lengths == 0)).all().to(torch.int64)]
     if not parts:
         return HostFacts()
     values = torch.stack(parts).tolist()  # the forward's one host synchronisation

@@ -105,4 +105,6 @@ MUTANTS = [
     Mutant("left padding packed under a pooler", "bertfast/models/bert.py",
            "if key_mask is not None and self.pooler is not None and not facts.first_real:",
            "if False:", ("tests/test_heads.py", "-k PreTraining and left")),
+    Mutant("a row without real tokens counts as left padding", "bertfast/models/bert.py",
+           "(real[:, 0] | (lengths == 0)).all()", "real[:, 0].all()", ("tests/test_hardening.py", "-k odd_layouts")),
 ]
