@@ -27,6 +27,8 @@ def backends_for(device: str) -> dict[str, str]:
     else:
         triton_ops = "torch reference"
     embed = "torch reference" if mode == "torch" or not ext else ("bertfast._C (CUDA)" if is_cuda else "bertfast._C (C++)")
+    if embed != "torch reference" and triton_ops.startswith("triton"):
+        embed += ", backward triton"  # (the GPU backward is a Triton kernel pair: kernels/embedding_sum.py)
     return {"embedding_sum": embed, "fused_bias_gelu": triton_ops, "fused_residual_layer_norm": triton_ops,
             "fused_attention": triton_ops if triton_ops != "torch reference" else "torch reference (SDPA)"}
 
