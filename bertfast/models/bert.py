@@ -25,6 +25,7 @@ from bertfast import ops
 from bertfast._validate import id_range_stats, raise_if_ids_out_of_range
 from bertfast.config import BertConfig
 from bertfast.nn import Embeddings, FusedLayerNorm, LinearActivation
+from bertfast.nn.modules import default_ids, embed
 from bertfast.outputs import BaseModelOutputWithPoolingAndCrossAttentions
 
 
@@ -58,6 +59,35 @@ def reference_attention(q, k, v, additive_mask, dropout_p, training):
     return torch.matmul(F.dropout(probs, dropout_p, training), v), probs
 
 
+def dropout_p(module: nn.Module) -> float:
+    """A module's dropout probability: bertfast's modules keep it as dropout_p, transformers' as an
+    nn.Dropout named dropout."""
+    p = getattr(module, "dropout_p", None)
+    return float(p if p is not None else module.dropout.p)
+
+
+def self_attention(sa: nn.Module, hidden: torch.Tensor, attn: AttentionInputs, training: bool):
+    """(context, probabilities or None) of a self-attention module holding query/key/value projections
+    and num_attention_heads / attention_head_size / all_head_size (bertfast's BertSelfAttention, or
+    transformers' made fast by bertfast.optimize): packed through cu_seqlens, padded with the key mask,
+    or the reference attention when the probabilities or an additive mask are asked for."""
+    p = dropout_p(sa)
+    heads = (*hidden.shape[:-1], sa.num_attention_heads, sa.attention_head_size)
+    q, k, v = (lin(hidden).view(heads) for lin in (sa.query, sa.key, sa.value))
+    fused_training = training and p > 0
+    seed = None  # drawn by the op, only when a Triton kernel needs one
+    if attn.packed:  # [tokens, heads, D]
+        context = ops.fused_attention_varlen(q, k, v, attn.cu_seqlens, attn.max_seqlen, p, None, fused_training, seed,
+                                             validate=False)
+        return context.reshape(hidden.shape[0], sa.all_head_size), None
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, D] views
+    if attn.needs_reference:
+        context, probs = reference_attention(q, k, v, attn.additive_mask, p, training)
+    else:
+        context, probs = ops.fused_attention(q, k, v, attn.key_mask, p, None, fused_training, seed), None
+    return context.transpose(1, 2).reshape(*hidden.shape[:-1], sa.all_head_size), probs
+
+
 class BertSelfAttention(nn.Module):
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -70,20 +100,7 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
-        heads = (*hidden.shape[:-1], self.num_attention_heads, self.attention_head_size)
-        q, k, v = (lin(hidden).view(heads) for lin in (self.query, self.key, self.value))
-        training = self.training and self.dropout_p > 0
-        seed = None  # drawn by the op, only when a Triton kernel needs one
-        if attn.packed:  # [tokens, heads, D]
-            context = ops.fused_attention_varlen(q, k, v, attn.cu_seqlens, attn.max_seqlen, self.dropout_p, None,
-                                                 training, seed, validate=False)
-            return context.reshape(hidden.shape[0], self.all_head_size), None
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, D] views
-        if attn.needs_reference:
-            context, probs = reference_attention(q, k, v, attn.additive_mask, self.dropout_p, self.training)
-        else:
-            context, probs = ops.fused_attention(q, k, v, attn.key_mask, self.dropout_p, None, training, seed), None
-        return context.transpose(1, 2).reshape(*hidden.shape[:-1], self.all_head_size), probs
+        return self_attention(self, hidden, attn, self.training)
 
 
 class BertSelfOutput(nn.Module):
@@ -253,6 +270,74 @@ def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, 
     return AttentionInputs(), attention_mask_2d
 
 
+def packed_embeddings(emb: nn.Module, packed, input_ids, token_type_ids, position_ids, inputs_embeds,
+                      training: bool) -> torch.Tensor:
+    """The embeddings of the real tokens only: [tokens, H] (ids checked already). Ids are gathered (after
+    HF's defaults and broadcasting) at the packed positions, so positions and segments are those of the
+    padded layout: HF's default positions are the packed tokens' column indices, its default segment
+    stays one id."""
+    seq = packed.seqlen
+    if position_ids is None:
+        default_ids(emb, seq)  # (checks seq against max_position_embeddings)
+        position_ids = (packed.indices % seq)[None]
+    else:
+        position_ids = _pack(packed, position_ids, "position_ids")
+    token_type_ids = None if token_type_ids is None else _pack(packed, token_type_ids, "token_type_ids")
+    return embed(emb, _pack(packed, input_ids), token_type_ids, position_ids, _pack(packed, inputs_embeds),
+                 ids_checked=True, training=training)[0]
+
+
+def _pack(packed, t, name=None):
+    """[B, S, ...] or broadcastable ids -> [1, tokens, ...] at the packed positions."""
+    if t is None:
+        return None
+    batch, seq = packed.batch, packed.seqlen
+    if name is not None:
+        try:
+            torch.broadcast_shapes(t.shape, (batch, seq))
+        except RuntimeError:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, which does not broadcast to {(batch, seq)}") from None
+    t = t.expand(batch, seq, *t.shape[2:])
+    return t.reshape(batch * seq, *t.shape[2:]).index_select(0, packed.indices)[None]
+
+
+def host_facts_of(model: nn.Module, input_ids, token_type_ids, position_ids, attention_mask) -> HostFacts:
+    """read_host_facts for a BERT model's inputs against its embedding tables (given ids only)."""
+    emb = model.embeddings
+    named = [(name, t, table.num_embeddings) for name, t, table in (
+        ("input_ids", input_ids, emb.word_embeddings), ("token_type_ids", token_type_ids, emb.token_type_embeddings),
+        ("position_ids", position_ids, emb.position_embeddings)) if t is not None]
+    return read_host_facts(attention_mask, named)
+
+
+def embed_batch(model: nn.Module, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                output_attentions: bool, padding_free: bool = True):
+    """The embeddings and the attention inputs of a BERT model's forward (bertfast's, or transformers'
+    made fast by bertfast.optimize): (hidden, AttentionInputs, the Unpadded packing or None).
+
+    One host synchronisation reads the mask's values, padding and sizes, and the ids' ranges. A batch with
+    padding is packed (hidden [tokens, H]) unless padding_free is off or it is padded on the left under a
+    pooler, which reads position 0 where transformers computes a value (then it runs padded with the key
+    mask, computing it the same way)."""
+    batch, seq = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+    dtype = inputs_embeds.dtype if inputs_embeds is not None else model.embeddings.word_embeddings.weight.dtype
+    facts = None
+    if not torch.compiler.is_compiling():
+        facts = host_facts_of(model, input_ids, token_type_ids, position_ids, attention_mask)
+    attn, key_mask = _attention_inputs(attention_mask, batch, seq, dtype, output_attentions, facts)
+    if key_mask is not None and (not padding_free or (model.pooler is not None and not facts.first_real)):
+        attn, key_mask = AttentionInputs(key_mask=key_mask), None
+    if key_mask is None:
+        hidden = embed(model.embeddings, input_ids, token_type_ids, position_ids, inputs_embeds,
+                       ids_checked=facts is not None, training=model.training)
+        return hidden, attn, None
+    packed = ops.unpad(None, key_mask, sizes=(facts.longest, facts.total))
+    attn.cu_seqlens, attn.max_seqlen = packed.cu_seqlens, packed.max_seqlen
+    hidden = packed_embeddings(model.embeddings, packed, input_ids, token_type_ids, position_ids, inputs_embeds,
+                               training=model.training)
+    return hidden, attn, packed
+
+
 class BertPreTrainedModel(nn.Module):
     """Weight init, HF checkpoint loading and saving, shared by BertModel and the heads."""
 
@@ -416,35 +501,6 @@ class BertModel(BertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def _packed_embeddings(self, packed, input_ids, token_type_ids, position_ids, inputs_embeds,
-                           ids_checked: bool) -> torch.Tensor:
-        """The embeddings of the real tokens only: [tokens, H]. Ids are gathered (after HF's defaults and
-        broadcasting) at the packed positions, so positions and segments are those of the padded layout:
-        HF's default positions are the packed tokens' column indices, its default segment stays one id."""
-        seq = packed.seqlen
-        if position_ids is None:
-            self.embeddings.default_ids(seq)  # (checks seq against max_position_embeddings)
-            position_ids = (packed.indices % seq)[None]
-        else:
-            position_ids = self._pack(packed, position_ids, "position_ids")
-        token_type_ids = None if token_type_ids is None else self._pack(packed, token_type_ids, "token_type_ids")
-        return self.embeddings(self._pack(packed, input_ids), token_type_ids, position_ids,
-                               self._pack(packed, inputs_embeds), ids_checked=ids_checked)[0]
-
-    @staticmethod
-    def _pack(packed, t, name=None):
-        """[B, S, ...] or broadcastable ids -> [1, tokens, ...] at the packed positions."""
-        if t is None:
-            return None
-        batch, seq = packed.batch, packed.seqlen
-        if name is not None:
-            try:
-                torch.broadcast_shapes(t.shape, (batch, seq))
-            except RuntimeError:
-                raise ValueError(f"{name} has shape {tuple(t.shape)}, which does not broadcast to {(batch, seq)}") from None
-        t = t.expand(batch, seq, *t.shape[2:])
-        return t.reshape(batch * seq, *t.shape[2:]).index_select(0, packed.indices)[None]
-
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 output_hidden_states=None, output_attentions=None, return_dict=None, **kwargs):
         if (input_ids is None) == (inputs_embeds is None):
@@ -457,36 +513,13 @@ class BertModel(BertPreTrainedModel):
         if inputs_embeds is not None and (not isinstance(inputs_embeds, torch.Tensor) or inputs_embeds.dim() != 3):
             raise ValueError(f"inputs_embeds must be a [batch, seq, hidden] tensor, got "
                              f"{getattr(inputs_embeds, 'shape', type(inputs_embeds))}")
-        batch, seq = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
-
-        dtype = inputs_embeds.dtype if inputs_embeds is not None else self.embeddings.word_embeddings.weight.dtype
-        facts = None
-        if not torch.compiler.is_compiling():
-            # One host synchronisation for the whole forward: the mask's values, padding and sizes, and the
-            # ids' ranges (no device assert, no wrong answer), read together.
-            emb = self.embeddings
-            named = [(name, t, table.num_embeddings) for name, t, table in (
-                ("input_ids", input_ids, emb.word_embeddings), ("token_type_ids", token_type_ids, emb.token_type_embeddings),
-                ("position_ids", position_ids, emb.position_embeddings)) if t is not None]
-            facts = read_host_facts(attention_mask, named)
-        attn, key_mask = _attention_inputs(attention_mask, batch, seq, dtype, output_attentions, facts)
-        if key_mask is not None and self.pooler is not None and not facts.first_real:
-            # Padding at position 0 (left padding): the pooler reads that position, where transformers
-            # computes a value (its query attends to the real keys). This batch runs padded with the key
-            # mask, computing it the same way.
-            attn, key_mask = AttentionInputs(key_mask=key_mask), None
-        if key_mask is None:
-            hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, ids_checked=facts is not None)
-        else:  # padding-free: pack the real tokens before the embeddings, pad back at the end
-            packed = ops.unpad(None, key_mask, sizes=(facts.longest, facts.total))
-            attn.cu_seqlens, attn.max_seqlen = packed.cu_seqlens, packed.max_seqlen
-            hidden = self._packed_embeddings(packed, input_ids, token_type_ids, position_ids, inputs_embeds,
-                                             ids_checked=True)
+        hidden, attn, packed = embed_batch(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                                           output_attentions)
         sequence_output, all_hidden, all_probs = self.encoder(hidden, attn, output_hidden_states)
-        if key_mask is not None:
-            repad = lambda t: ops.pad(t, packed.indices, batch, seq)  # noqa: E731
-            sequence_output = repad(sequence_output)
-            all_hidden = [repad(t) for t in all_hidden] if all_hidden is not None else None
+        if packed is not None:
+            sequence_output = ops.pad(sequence_output, packed.indices, packed.batch, packed.seqlen)
+            all_hidden = [ops.pad(t, packed.indices, packed.batch, packed.seqlen) for t in all_hidden] \
+                if all_hidden is not None else None
         pooled = self.pooler(sequence_output) if self.pooler is not None else None
 
         out = BaseModelOutputWithPoolingAndCrossAttentions(

@@ -64,24 +64,39 @@ class Embeddings(nn.Module):
         self.register_buffer("token_type_ids", torch.zeros(self.position_ids.size(), dtype=torch.long), persistent=False)
 
     def default_ids(self, seq: int, token_type_ids=None, position_ids=None):
-        """HF's defaults: positions 0..seq-1 (checked against max_position_embeddings) and segment 0."""
-        max_len = self.position_embeddings.num_embeddings
-        if position_ids is None:
-            if seq > max_len:
-                raise ValueError(f"the sequence has {seq} tokens, more than max_position_embeddings={max_len}")
-            position_ids = self.position_ids[:, :seq]
-        if token_type_ids is None:
-            token_type_ids = self.token_type_ids[:, :1]
-        return token_type_ids, position_ids
+        return default_ids(self, seq, token_type_ids, position_ids)
 
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 ids_checked: bool = False) -> torch.Tensor:
         """ids_checked: the caller checked the ids' ranges (BertModel does, in its one host read)."""
-        seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        token_type_ids, position_ids = self.default_ids(seq, token_type_ids, position_ids)
-        x = ops.embedding_sum(input_ids, token_type_ids, position_ids, self.word_embeddings.weight,
-                              self.token_type_embeddings.weight, self.position_embeddings.weight,
-                              padding_idx=self.word_embeddings.padding_idx, inputs_embeds=inputs_embeds,
-                              ids_checked=ids_checked)
-        # Dropout after the LayerNorm, as in HF (the fused op's dropout acts on its input).
-        return F.dropout(self.LayerNorm(x), self.dropout_p, self.training)
+        return embed(self, input_ids, token_type_ids, position_ids, inputs_embeds, ids_checked, self.training)
+
+
+def default_ids(emb: nn.Module, seq: int, token_type_ids=None, position_ids=None):
+    """HF's defaults for an embeddings module (bertfast's or transformers'): positions 0..seq-1 (checked
+    against max_position_embeddings) and segment 0, from its position_ids / token_type_ids buffers."""
+    max_len = emb.position_embeddings.num_embeddings
+    if position_ids is None:
+        if seq > max_len:
+            raise ValueError(f"the sequence has {seq} tokens, more than max_position_embeddings={max_len}")
+        position_ids = emb.position_ids[:, :seq]
+    if token_type_ids is None:
+        token_type_ids = emb.token_type_ids[:, :1]
+    return token_type_ids, position_ids
+
+
+def embed(emb: nn.Module, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+          ids_checked: bool = False, training: bool = False) -> torch.Tensor:
+    """HF's BertEmbeddings (word + position + segment, LayerNorm, dropout) through bertfast's ops, for an
+    embeddings module holding HF's submodules (bertfast's Embeddings, or transformers' BertEmbeddings)."""
+    seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+    token_type_ids, position_ids = default_ids(emb, seq, token_type_ids, position_ids)
+    x = ops.embedding_sum(input_ids, token_type_ids, position_ids, emb.word_embeddings.weight,
+                          emb.token_type_embeddings.weight, emb.position_embeddings.weight,
+                          padding_idx=emb.word_embeddings.padding_idx, inputs_embeds=inputs_embeds,
+                          ids_checked=ids_checked)
+    ln = emb.LayerNorm
+    p = getattr(emb, "dropout_p", None)
+    p = emb.dropout.p if p is None else p
+    # Dropout after the LayerNorm, as in HF (the fused op's dropout acts on its input).
+    return F.dropout(ops.fused_residual_layer_norm(x, None, ln.weight, ln.bias, ln.eps), p, training)

@@ -1,0 +1,31 @@
+"""Making other libraries' models run on bertfast's ops in place. Nothing here is imported by `import
+bertfast`: transformers is imported only when one of these functions is called."""
+
+
+def optimize(model, *, padding_free: bool = True):
+    """bertfast.integrations.transformers.optimize: every transformers BertModel inside `model` runs
+    bertfast's fused ops and padding-free execution, in place (its classes, parameters and hooks kept)."""
+    from bertfast.integrations.transformers import optimize as run
+
+    return run(model, padding_free=padding_free)
+
+
+def restore(model):
+    """Undo optimize(model)."""
+    from bertfast.integrations.transformers import restore as run
+
+    return run(model)
+
+
+def optimize_transformers() -> None:
+    """Patch transformers' BERT classes so that every BERT model runs bertfast's ops (Liger-style)."""
+    from bertfast.integrations.transformers import optimize_transformers as run
+
+    run()
+
+
+def restore_transformers() -> None:
+    """Undo optimize_transformers()."""
+    from bertfast.integrations.transformers import restore_transformers as run
+
+    run()

@@ -1,0 +1,221 @@
+"""bertfast's ops inside transformers' own BERT, in place: bertfast.optimize(model).
+
+`optimize` finds every transformers BertModel in a model (a BertModel, any BertFor* head, or anything
+holding one: a SentenceTransformer, a PEFT-wrapped model, a user's module) and gives those instances a
+forward that runs bertfast's fused ops and padding-free execution on the model's own modules and
+parameters: nothing is copied or renamed, so the model stays a transformers model (save_pretrained,
+from_pretrained, Trainer, pipelines, PEFT, sentence-transformers, hooks all see what they saw before).
+Each BertLayer instance gets a forward too, called by the model's forward through the module (so its
+hooks and transformers' gradient checkpointing apply); called any other way it runs transformers' own.
+
+Served fast: a [batch, seq] 0/1 attention_mask or none, input_ids or inputs_embeds, token_type_ids,
+position_ids, output_hidden_states, return_dict. Anything else (output_attentions, a 3-D/4-D mask,
+encoder states or a cache, a decoder config, unknown keyword arguments) runs transformers' own forward
+for that call, after a one-time warning: never a wrong answer.
+`restore(model)` undoes `optimize`; `optimize_transformers()` patches the classes, so that BERT models
+built afterwards are fast from the start (as Liger-Kernel's apply_liger_kernel_to_* do).
+"""
+from __future__ import annotations
+
+import types
+import warnings
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertfast import _backend, ops
+from bertfast.models.bert import AttentionInputs, embed_batch, self_attention
+from bertfast.nn.modules import _ACTIVATIONS
+
+_WARNED: set[str] = set()
+_FAST = "_bertfast_fast"  # marks an instance forward set by optimize
+_CLASS_ORIGINALS: dict[type, object] = {}  # transformers' class forwards replaced by optimize_transformers
+
+
+def _bert_classes():
+    from transformers.models.bert import modeling_bert
+
+    return modeling_bert.BertModel, modeling_bert.BertLayer
+
+
+def _original_forward(module: nn.Module):
+    """transformers' own forward of this module's class (bound to the module)."""
+    cls = type(module)
+    for klass in cls.__mro__:
+        if klass in _CLASS_ORIGINALS:
+            return types.MethodType(_CLASS_ORIGINALS[klass], module)
+    return types.MethodType(cls.forward, module)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def unsupported(config) -> str | None:
+    """Why bertfast cannot serve this BERT config fast, or None."""
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        return "a decoder / cross-attention config"
+    if config.hidden_size % config.num_attention_heads:
+        return "a hidden size that is not a multiple of the heads"
+    if (config.hidden_size // config.num_attention_heads) not in (16, 32, 64, 128):
+        return f"head dimension {config.hidden_size // config.num_attention_heads} (the fused attention takes 16-128)"
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return f"position_embedding_type={config.position_embedding_type!r}"
+    return None
+
+
+# The fast forwards --------------------------------------------------------------------------------------
+# Keyword arguments served (output_attentions is checked separately); num_items_in_batch is for the heads'
+# losses (transformers.Trainer passes it down) and output_router_logits for mixtures of experts: a
+# BertModel ignores both, and so does this.
+_SERVED_KWARGS = {"output_hidden_states", "return_dict", "output_attentions", "num_items_in_batch",
+                  "output_router_logits"}
+
+
+def bert_model_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                       inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                       past_key_values=None, use_cache=None, **kwargs):
+    """transformers' BertModel.forward, through bertfast's ops (see the module docstring)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+    config = self.config
+    output_attentions = kwargs.get("output_attentions") or False
+    reason = unsupported(config)
+    if reason is not None:
+        pass
+    elif encoder_hidden_states is not None or encoder_attention_mask is not None or past_key_values is not None or use_cache:
+        reason = "encoder states or a cache"
+    elif output_attentions:
+        reason = "output_attentions=True"
+    elif attention_mask is not None and attention_mask.dim() != 2:
+        reason = "a 3-D/4-D attention_mask"
+    elif set(kwargs) - _SERVED_KWARGS:
+        reason = f"the arguments {sorted(set(kwargs) - _SERVED_KWARGS)}"
+    elif (input_ids is None) == (inputs_embeds is None):
+        reason = "not exactly one of input_ids and inputs_embeds (transformers says so)"
+    if reason is not None:
+        _warn_once(reason, f"bertfast: {reason} runs transformers' own BertModel.forward for that call")
+        return _original_forward(self)(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                       position_ids=position_ids, inputs_embeds=inputs_embeds,
+                                       encoder_hidden_states=encoder_hidden_states,
+                                       encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values,
+                                       use_cache=use_cache, **kwargs)
+    output_hidden_states = kwargs.get("output_hidden_states")
+    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    return_dict = kwargs.get("return_dict")
+    return_dict = getattr(config, "return_dict", True) if return_dict is None else return_dict
+
+    hidden, attn, packed = embed_batch(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                                       False, padding_free=getattr(self, "_bertfast_padding_free", True))
+    all_hidden = [hidden] if output_hidden_states else None
+    for layer in self.encoder.layer:
+        # Through the module: its hooks, and transformers' gradient checkpointing (GradientCheckpointingLayer)
+        hidden = layer(hidden, None, bertfast_attn=attn)
+        if all_hidden is not None:
+            all_hidden.append(hidden)
+    if packed is not None:
+        sequence_output = ops.pad(hidden, packed.indices, packed.batch, packed.seqlen)
+        if all_hidden is not None:
+            all_hidden = [ops.pad(h, packed.indices, packed.batch, packed.seqlen) for h in all_hidden]
+    else:
+        sequence_output = hidden
+    pooled = self.pooler(sequence_output) if self.pooler is not None else None
+    out = BaseModelOutputWithPoolingAndCrossAttentions(
+        last_hidden_state=sequence_output, pooler_output=pooled,
+        hidden_states=tuple(all_hidden) if all_hidden is not None else None)
+    return out if return_dict else out.to_tuple()
+
+
+def bert_layer_forward(self, hidden_states, attention_mask=None, *args, bertfast_attn: AttentionInputs | None = None,
+                       **kwargs):
+    """transformers' BertLayer.forward through bertfast's ops when called by bert_model_forward (which
+    passes the prepared attention as bertfast_attn); transformers' own otherwise."""
+    if bertfast_attn is None:
+        return _original_forward(self)(hidden_states, attention_mask, *args, **kwargs)
+    attention = self.attention
+    context, _ = self_attention(attention.self, hidden_states, bertfast_attn, self.training)
+    attention_output = _dense_residual_layer_norm(attention.output, context, hidden_states, self.training)
+    return _dense_residual_layer_norm(self.output, _intermediate(self.intermediate, attention_output, self),
+                                      attention_output, self.training)
+
+
+def _dense_residual_layer_norm(module, x, residual, training):
+    """transformers' BertSelfOutput / BertOutput: LayerNorm(dropout(dense(x)) + residual), fused."""
+    ln = module.LayerNorm
+    return ops.fused_residual_layer_norm(module.dense(x), residual, ln.weight, ln.bias, ln.eps, module.dropout.p,
+                                         training)
+
+
+def _intermediate(module, x, layer):
+    """transformers' BertIntermediate: act(dense(x)), with the bias add fused into GELU when the
+    projection is a plain nn.Linear (a LoRA-wrapped one runs as itself) and the config names a GELU."""
+    dense = module.dense
+    hidden_act = getattr(getattr(layer.attention.self, "config", None), "hidden_act", None)
+    approximate = _ACTIVATIONS.get(hidden_act, (None, None))[0] if isinstance(hidden_act, str) else None
+    if approximate is not None and type(dense) is nn.Linear and dense.bias is not None and _backend.use_triton(x):
+        return ops.fused_bias_gelu(F.linear(x, dense.weight), dense.bias, approximate)
+    return module.intermediate_act_fn(dense(x))
+
+
+# optimize / restore ----------------------------------------------------------------------------------------
+def _convert(model: nn.Module, padding_free: bool) -> None:
+    _, layer_cls = _bert_classes()
+    model.forward = types.MethodType(bert_model_forward, model)
+    setattr(model, _FAST, True)
+    model._bertfast_padding_free = padding_free
+    for layer in model.encoder.layer:
+        if isinstance(layer, layer_cls):
+            layer.forward = types.MethodType(bert_layer_forward, layer)
+            setattr(layer, _FAST, True)
+
+
+def optimize(model: nn.Module, *, padding_free: bool = True) -> nn.Module:
+    """Make every transformers BertModel inside `model` run bertfast's fused ops, in place; returns `model`.
+    padding_free=False keeps padded batches padded (the key-mask kernels) instead of packing them."""
+    model_cls, _ = _bert_classes()
+    converted, skipped = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, model_cls):
+            why = unsupported(module.config)
+            if why is None:
+                _convert(module, padding_free)
+                converted.append(name or type(module).__name__)
+            else:
+                skipped.append(f"{name or type(module).__name__} ({why})")
+    if skipped:
+        warnings.warn(f"bertfast.optimize: left as transformers runs them: {skipped}", stacklevel=2)
+    if not converted and not skipped:
+        others = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Model")})
+        warnings.warn(f"bertfast.optimize: no transformers BertModel found in {type(model).__name__} (models in it: "
+                      f"{others or 'none'}); nothing converted: bertfast serves BERT only", stacklevel=2)
+    model._bertfast_converted = converted
+    return model
+
+
+def restore(model: nn.Module) -> nn.Module:
+    """Undo optimize: every module it converted runs transformers' own forward again."""
+    for module in model.modules():
+        if getattr(module, _FAST, False):
+            for attr in ("forward", _FAST, "_bertfast_padding_free"):
+                module.__dict__.pop(attr, None)
+    model.__dict__.pop("_bertfast_converted", None)
+    return model
+
+
+def optimize_transformers() -> None:
+    """Patch transformers' BertModel and BertLayer classes: BERT models built afterwards (and those built
+    before) run bertfast's ops. Undo with restore_transformers()."""
+    model_cls, layer_cls = _bert_classes()
+    for cls, fast in ((model_cls, bert_model_forward), (layer_cls, bert_layer_forward)):
+        if cls not in _CLASS_ORIGINALS:
+            _CLASS_ORIGINALS[cls] = cls.forward
+            cls.forward = fast
+
+
+def restore_transformers() -> None:
+    """Undo optimize_transformers."""
+    for cls, forward in list(_CLASS_ORIGINALS.items()):
+        cls.forward = forward
+        del _CLASS_ORIGINALS[cls]

@@ -1,0 +1,311 @@
+"""bertfast.optimize on transformers' own models: the same outputs, losses and gradients as the stock
+model (fp32 CPU: within 1e-5, the same arithmetic up to summation order), the model still a transformers
+model (hooks, save_pretrained, gradient checkpointing, PEFT, sentence-transformers, pipelines, Trainer),
+and a clear fallback for what bertfast does not serve. Reference ops, and the Triton kernels under the
+interpreter where marked."""
+import copy
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import bertfast
+
+transformers = pytest.importorskip("transformers")
+
+HEADS = ["BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
+         "BertForQuestionAnswering", "BertForTokenClassification", "BertForMultipleChoice"]
+
+
+def hf_config(**kw):
+    cfg = dict(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+               max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3)
+    cfg.update(kw)
+    return transformers.BertConfig(**cfg)
+
+
+def stock_and_fast(name, **kw):
+    if name == "BertForQuestionAnswering":
+        kw.setdefault("num_labels", 2)  # start and end
+    torch.manual_seed(0)
+    stock = getattr(transformers, name)(hf_config(**kw)).eval()
+    fast = bertfast.optimize(copy.deepcopy(stock))
+    return stock, fast
+
+
+def inputs(layout="right", b=3, s=11, choices=None, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([s, 6, 1])[:b]
+    mask = (torch.arange(s)[None] < lengths[:, None]).long()
+    if layout == "left":
+        mask = mask.flip(1)
+    elif layout == "holes":
+        mask[0, 3:5] = 0
+    shape = (b, s)
+    if choices:
+        mask = mask[:, None].expand(b, choices, s).contiguous()
+        shape = (b, choices, s)
+    ids = torch.randint(1, 120, shape, generator=g) * mask
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+
+
+def main_output(name, out):
+    if name == "BertModel":
+        return out.last_hidden_state
+    if name == "BertForPreTraining":
+        return out.prediction_logits
+    if name == "BertForQuestionAnswering":
+        return out.start_logits
+    return out.logits
+
+
+@pytest.mark.parametrize("layout,backend_name", [("right", "torch"), ("left", "torch"), ("holes", "torch"),
+                                                 ("holes", "triton")])
+@pytest.mark.parametrize("name", HEADS)
+def test_optimized_heads_match_stock(name, layout, backend_name, backend):
+    backend(backend_name)
+    stock, fast = stock_and_fast(name)
+    batch = inputs(layout, choices=4 if name == "BertForMultipleChoice" else None)
+    want, got = stock(**batch), fast(**batch)
+    assert type(got) is type(want)
+    mask = batch["attention_mask"].bool()
+    a, b = main_output(name, want), main_output(name, got)
+    if a.dim() >= 2 and a.shape[:mask.dim()] == mask.shape:  # token-level: real tokens only
+        a, b = a[mask], b[mask]
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    # gradients of every parameter, through a loss on real tokens
+    (a.float().square().mean()).backward()
+    (b.float().square().mean()).backward()
+    stock_grads = dict(stock.named_parameters())
+    for key, p in fast.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, stock_grads[key].grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+
+
+def test_losses_with_labels_match_stock():
+    stock, fast = stock_and_fast("BertForSequenceClassification")
+    batch = dict(inputs(), labels=torch.tensor([0, 2, 1]))
+    torch.testing.assert_close(fast(**batch).loss, stock(**batch).loss, atol=1e-6, rtol=1e-6)
+
+
+def test_it_stays_a_transformers_model(tmp_path):
+    stock, fast = stock_and_fast("BertForSequenceClassification")
+    assert type(fast) is transformers.BertForSequenceClassification
+    assert list(fast.state_dict()) == list(stock.state_dict())
+    seen = []
+    fast.bert.register_forward_hook(lambda m, a, out: seen.append("model"))
+    fast.bert.encoder.layer[1].register_forward_hook(lambda m, a, out: seen.append("layer"))
+    batch = inputs()
+    with torch.no_grad():
+        logits = fast(**batch).logits
+    assert seen == ["layer", "model"], "hooks on the model and its layers still fire"
+    fast.save_pretrained(tmp_path)
+    # the saved folder is plain transformers BERT: a process that never imports bertfast reads it
+    code = textwrap.dedent(f"""
+        import sys, torch, transformers
+        model = transformers.AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r}).eval()
+        batch = torch.load({str(tmp_path / "batch.pt")!r})
+        with torch.no_grad():
+            torch.save(model(**batch).logits, {str(tmp_path / "logits.pt")!r})
+        assert "bertfast" not in sys.modules
+    """)
+    torch.save(batch, tmp_path / "batch.pt")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+def test_gradient_checkpointing_through_transformers(backend_name, backend):
+    """transformers' gradient_checkpointing_enable on an optimised model, dropout on: the recomputation
+    redraws the same masks, so the gradients equal those without checkpointing."""
+    backend(backend_name)
+    torch.manual_seed(0)
+    model = bertfast.optimize(transformers.BertModel(hf_config(hidden_dropout_prob=0.1,
+                                                               attention_probs_dropout_prob=0.1))).train()
+    batch = inputs()
+
+    def grads():
+        torch.manual_seed(3)
+        model.zero_grad(set_to_none=True)
+        model(**batch).last_hidden_state.square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    want = grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    got = grads()
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_what_bertfast_does_not_serve_falls_back_once():
+    stock, fast = stock_and_fast("BertModel", attn_implementation="eager")
+    batch = inputs()
+    bertfast.integrations.transformers._WARNED.clear()
+    with pytest.warns(UserWarning, match="output_attentions=True runs transformers' own"):
+        got = fast(**batch, output_attentions=True)
+    want = stock(**batch, output_attentions=True)
+    assert len(got.attentions) == 2
+    for a, b in zip(want.attentions, got.attentions):
+        torch.testing.assert_close(b, a)
+    # decoders are left as they are, and said so
+    with pytest.warns(UserWarning, match="decoder"):
+        bertfast.optimize(transformers.BertModel(hf_config(is_decoder=True)))
+    # not BERT at all: nothing converted, and said so
+    with pytest.warns(UserWarning, match="no transformers BertModel"):
+        bertfast.optimize(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_restore_and_class_level_patch():
+    stock, fast = stock_and_fast("BertModel")
+    batch = inputs()
+    with torch.no_grad():
+        want = stock(**batch).last_hidden_state
+        bertfast.restore(fast)
+        assert "forward" not in vars(fast) and "forward" not in vars(fast.encoder.layer[0])
+        torch.testing.assert_close(fast(**batch).last_hidden_state, want, atol=0, rtol=0)
+        bertfast.optimize_transformers()
+        try:
+            built_after = copy.deepcopy(stock)
+            assert transformers.BertModel.forward is bertfast.integrations.transformers.bert_model_forward
+            got = built_after(**batch).last_hidden_state
+        finally:
+            bertfast.restore_transformers()
+        assert transformers.BertModel.forward is not bertfast.integrations.transformers.bert_model_forward
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], want[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_peft_lora_trains_like_stock():
+    peft = pytest.importorskip("peft")
+    stock, fast = stock_and_fast("BertForSequenceClassification")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value", "dense"], lora_dropout=0.0)
+    stock_peft = peft.get_peft_model(stock, lora)
+    fast_peft = bertfast.optimize(peft.get_peft_model(copy.deepcopy(fast), lora))
+    fast_peft.load_state_dict(stock_peft.state_dict())
+    batch = dict(inputs(), labels=torch.tensor([0, 2, 1]))
+    losses = []
+    for model in (stock_peft, fast_peft):
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        run = []
+        for _ in range(3):
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            run.append(loss.item())
+        losses.append(run)
+    assert losses[0][-1] < losses[0][0]
+    for a, b in zip(*losses):
+        assert abs(a - b) <= 1e-5, losses
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    base = ["Hi", "The river bank was flooded after the storm.", "Zürich's café served crème brûlée — délicieux!",
+            "BERT reads text in both directions at once.", "短い文", "A much longer sentence " + "with many words " * 20]
+    out = []
+    for i in range(48):
+        out.append(" ".join([base[i % len(base)]] * (1 + i % 4)))
+    return out
+
+
+def test_sentence_transformers_encode_and_save(tmp_path, minilm_dir, sentences):
+    st = pytest.importorskip("sentence_transformers")
+    stock = st.SentenceTransformer(minilm_dir, device="cpu")
+    fast = bertfast.optimize(st.SentenceTransformer(minilm_dir, device="cpu"))
+    assert fast._bertfast_converted, "the BertModel inside the SentenceTransformer was converted"
+    want = stock.encode(sentences, batch_size=16, convert_to_tensor=True)
+    got = fast.encode(sentences, batch_size=16, convert_to_tensor=True)
+    cosine = torch.nn.functional.cosine_similarity(got, want)
+    assert cosine.min().item() >= 0.99999, cosine.min().item()
+    queries = want[:6]
+    assert torch.equal((queries @ want.T).topk(5).indices, (got[:6] @ got.T).topk(5).indices)
+    fast.save(str(tmp_path / "st"))
+    code = textwrap.dedent(f"""
+        import sys, torch, sentence_transformers
+        model = sentence_transformers.SentenceTransformer({str(tmp_path / "st")!r}, device="cpu")
+        torch.save(model.encode({sentences[:8]!r}, convert_to_tensor=True), {str(tmp_path / "emb.pt")!r})
+        assert "bertfast" not in sys.modules
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    torch.testing.assert_close(torch.load(tmp_path / "emb.pt"), want[:8], atol=1e-5, rtol=1e-5)
+
+
+def test_pipelines_match_stock(minilm_dir):
+    stock_fe = transformers.pipeline("feature-extraction", model=minilm_dir, device="cpu")
+    fast_fe = transformers.pipeline("feature-extraction", model=bertfast.optimize(
+        transformers.AutoModel.from_pretrained(minilm_dir)), tokenizer=minilm_dir, device="cpu")
+    text = ["A short one.", "And a somewhat longer sentence for the pipeline to embed."]
+    for a, b in zip(stock_fe(text), fast_fe(text)):
+        torch.testing.assert_close(torch.tensor(b), torch.tensor(a), atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    clf = transformers.AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)
+    stock_tc = transformers.pipeline("text-classification", model=clf, tokenizer=minilm_dir, device="cpu")
+    fast_tc = transformers.pipeline("text-classification", model=bertfast.optimize(copy.deepcopy(clf)),
+                                    tokenizer=minilm_dir, device="cpu")
+    for a, b in zip(stock_tc(text), fast_tc(text)):
+        assert a["label"] == b["label"] and abs(a["score"] - b["score"]) <= 1e-5
+
+
+def test_trainer_with_gradient_checkpointing_saves_and_reloads(tmp_path, minilm_dir):
+    pytest.importorskip("accelerate")
+    model = bertfast.optimize(transformers.AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2))
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    texts = ["good", "bad", "great film", "awful film", "really good", "really bad"] * 4
+    enc = tok(texts, padding=True, return_tensors="pt")
+    data = [dict(input_ids=enc["input_ids"][i], attention_mask=enc["attention_mask"][i], labels=torch.tensor(i % 2))
+            for i in range(len(texts))]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=4,
+                                          save_steps=2, gradient_checkpointing=True, report_to=[], use_cpu=True,
+                                          logging_steps=1)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="bertfast")  # the fast path all along: no fallback
+        trainer.train()
+    assert (tmp_path / "out" / "checkpoint-2" / "config.json").exists()
+    transformers.Trainer(model=model, args=args, train_dataset=data).train(
+        resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    trainer.save_model(str(tmp_path / "final"))
+    again = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "final")).eval()
+    batch = {k: v[:4] for k, v in enc.items()}
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits, model(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_sentence_transformers_trainer_losses_match_stock(tmp_path, minilm_dir):
+    """Two steps of SentenceTransformerTrainer with MultipleNegativesRankingLoss, dropout off: the same
+    losses as the stock model within 1e-5 (the same fp32 arithmetic up to summation order)."""
+    st = pytest.importorskip("sentence_transformers")
+    datasets = pytest.importorskip("datasets")
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    pairs = datasets.Dataset.from_dict({
+        "anchor": ["a cat sits", "dogs bark loudly", "the sun is hot", "rain falls", "birds fly south", "fish swim"] * 2,
+        "positive": ["a kitten rests", "a dog barks", "sunshine is warm", "it is raining", "geese migrate",
+                     "salmon in the river"] * 2})
+    losses = []
+    for optimise in (False, True):
+        model = st.SentenceTransformer(minilm_dir, device="cpu")
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        if optimise:
+            bertfast.optimize(model)
+        args = st.SentenceTransformerTrainingArguments(output_dir=str(tmp_path / str(optimise)), max_steps=2,
+                                                       per_device_train_batch_size=6, logging_steps=1, report_to=[],
+                                                       use_cpu=True, seed=7, save_strategy="no")
+        trainer = st.SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs,
+                                                loss=MultipleNegativesRankingLoss(model))
+        trainer.train()
+        losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
+    assert len(losses[0]) == 2
+    for a, b in zip(*losses):
+        assert abs(a - b) <= 1e-5, losses
