@@ -51,6 +51,9 @@ def ddp_worker(rank, port, out_path, backend="gloo"):
         torch.save({n: p.grad.cpu() for n, p in model.module.named_parameters() if p.grad is not None}, out_path)
     dist.barrier()  # both ranks done before either tears the group down (else gloo may abort the peer)
     dist.destroy_process_group()
+    # The work is done and saved: leave without the interpreter's shutdown, where a C++ thread still
+    # joinable at exit aborted a rank once in a CI run ("terminate called without an active exception").
+    os._exit(0)
 
 
 def single_process_grads(device):
@@ -115,6 +118,9 @@ def fsdp_worker(rank, port, out_path):
         torch.save(losses, out_path)
     dist.barrier()  # both ranks done before either tears the group down (else gloo may abort the peer)
     dist.destroy_process_group()
+    # The work is done and saved: leave without the interpreter's shutdown, where a C++ thread still
+    # joinable at exit aborted a rank once in a CI run ("terminate called without an active exception").
+    os._exit(0)
 
 
 def test_fsdp2_fully_shard_wraps_and_trains(tmp_path):
