@@ -309,3 +309,111 @@ def test_sentence_transformers_trainer_losses_match_stock(tmp_path, minilm_dir):
     assert len(losses[0]) == 2
     for a, b in zip(*losses):
         assert abs(a - b) <= 1e-5, losses
+
+
+# bertfast's own classes in the same tools ------------------------------------------------------------------
+def test_own_classes_in_pipelines_match_stock(minilm_dir):
+    """pipeline() takes bertfast's BertModel and BertForSequenceClassification as it takes transformers':
+    the same features and labels/scores (outputs are transformers' ModelOutput classes once it is imported)."""
+    text = ["A short one.", "And a somewhat longer sentence for the pipeline to embed, with ünïcode."]
+    stock_fe = transformers.pipeline("feature-extraction", model=minilm_dir, device="cpu")
+    own_fe = transformers.pipeline("feature-extraction", model=bertfast.BertModel.from_pretrained(minilm_dir),
+                                   tokenizer=minilm_dir, device="cpu")
+    for a, b in zip(stock_fe(text), own_fe(text)):
+        torch.testing.assert_close(torch.tensor(b), torch.tensor(a), atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    clf = transformers.AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)
+    own = bertfast.BertForSequenceClassification(clf.config)
+    own.load_state_dict(clf.state_dict())
+    stock_tc = transformers.pipeline("text-classification", model=clf, tokenizer=minilm_dir, device="cpu")
+    own_tc = transformers.pipeline("text-classification", model=own.eval(), tokenizer=minilm_dir, device="cpu")
+    for a, b in zip(stock_tc(text, top_k=None), own_tc(text, top_k=None)):
+        assert [x["label"] for x in a] == [x["label"] for x in b]
+        assert all(abs(x["score"] - y["score"]) <= 1e-5 for x, y in zip(a, b))
+
+
+def _tiny_classification_data(tok):
+    texts = ["good", "bad", "great film", "awful film", "really good", "really bad"] * 4
+    enc = tok(texts, padding=True, return_tensors="pt")
+    data = [dict(input_ids=enc["input_ids"][i], attention_mask=enc["attention_mask"][i], labels=torch.tensor(i % 2))
+            for i in range(len(texts))]
+    return enc, data
+
+
+def test_own_class_under_trainer_with_gradient_checkpointing(tmp_path, minilm_dir):
+    """bertfast's BertForSequenceClassification under transformers.Trainer with gradient_checkpointing=True:
+    trains on the fast path, checkpoints, and a resumed run repeats the uninterrupted run's losses. Trainer
+    writes config.json only for a transformers PreTrainedModel, so its folders hold the weights alone
+    (transformers' names); model.to_transformers() hands Trainer a transformers model sharing the same
+    parameters, whose save_model() folder transformers reloads with the same logits."""
+    pytest.importorskip("accelerate")
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    enc, data = _tiny_classification_data(tok)
+
+    def args(out):
+        return transformers.TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=4,
+                                              save_steps=2, gradient_checkpointing=True, report_to=[], use_cpu=True,
+                                              logging_steps=1, seed=3)
+
+    def losses(trainer):
+        return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    import warnings
+
+    torch.manual_seed(0)
+    model = bertfast.BertForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)
+    start = copy.deepcopy(model.state_dict())
+    trainer = transformers.Trainer(model=model, args=args(tmp_path / "own"), train_dataset=data)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="bertfast")
+        trainer.train()
+    assert model.bert.encoder.gradient_checkpointing
+    full = losses(trainer)
+    assert len(full) == 4 and (tmp_path / "own" / "checkpoint-2" / "model.safetensors").exists()
+    resumed = transformers.Trainer(model=model, args=args(tmp_path / "own"), train_dataset=data)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "own" / "checkpoint-2"))
+    assert losses(resumed) == pytest.approx(full, abs=1e-6)  # steps 1-2 from the checkpoint's state, 3-4 rerun
+
+    model.load_state_dict(start)
+    hf = model.to_transformers()
+    trainer = transformers.Trainer(model=hf, args=args(tmp_path / "hf"), train_dataset=data)
+    trainer.train()
+    assert losses(trainer) == pytest.approx(full, abs=1e-5)
+    assert (tmp_path / "hf" / "checkpoint-2" / "config.json").exists()
+    trainer.save_model(str(tmp_path / "final"))
+    again = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "final")).eval()
+    batch = {k: v[:4] for k, v in enc.items()}
+    model.eval()
+    with torch.no_grad():  # the bertfast model holds the trained parameters too (shared)
+        torch.testing.assert_close(again(**batch).logits, model(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_peft_lora_on_own_class_matches_stock():
+    """PEFT LoRA on bertfast's own BertForSequenceClassification trains like LoRA on transformers' (dropout
+    off, the same initial weights under one seed)."""
+    peft = pytest.importorskip("peft")
+    config = hf_config()
+    torch.manual_seed(0)
+    stock = transformers.BertForSequenceClassification(config).eval()
+    torch.manual_seed(0)
+    own = bertfast.BertForSequenceClassification(config).eval()
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0)
+    torch.manual_seed(1)
+    stock_peft = peft.get_peft_model(stock, lora)
+    torch.manual_seed(1)
+    own_peft = peft.get_peft_model(own, lora)
+    batch = dict(inputs("holes"), labels=torch.tensor([0, 2, 1]))
+    losses = []
+    for model in (stock_peft, own_peft):
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        run = []
+        for _ in range(3):
+            loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            run.append(loss.item())
+        losses.append(run)
+    assert losses[0][-1] < losses[0][0]
+    for a, b in zip(*losses):
+        assert abs(a - b) <= 1e-5, losses

@@ -11,6 +11,8 @@ values there that nothing attends to. Real tokens match transformers.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import math
 import os
@@ -23,10 +25,11 @@ from torch.utils.checkpoint import checkpoint
 
 from bertfast import ops
 from bertfast._validate import id_range_stats, raise_if_ids_out_of_range
-from bertfast.config import BertConfig
+from bertfast.config import BertConfig, _as_dtype, is_transformers_config
+from bertfast.models.checkpoint_io import read_weights, write_weights
 from bertfast.nn import Embeddings, FusedLayerNorm, LinearActivation
 from bertfast.nn.modules import default_ids, embed
-from bertfast.outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from bertfast.outputs import BaseModelOutputWithPoolingAndCrossAttentions, output
 
 
 class AttentionInputs:
@@ -104,9 +107,9 @@ class BertSelfAttention(nn.Module):
 
 
 class BertSelfOutput(nn.Module):
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, in_features: int | None = None) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = FusedLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
 
@@ -136,8 +139,7 @@ class BertIntermediate(nn.Module):
 
 class BertOutput(BertSelfOutput):
     def __init__(self, config: BertConfig) -> None:
-        super().__init__(config)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        super().__init__(config, config.intermediate_size)
 
 
 class BertLayer(nn.Module):
@@ -157,17 +159,21 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
-        self.checkpoint_reentrant = True
+        self.checkpoint_options = {"use_reentrant": True, "preserve_rng_state": True}
+        self.checkpoint_every = 1
+        self.checkpoint_offload = False
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs, output_hidden_states: bool = False):
         all_hidden = [hidden] if output_hidden_states else None
         all_probs = [] if attn.output_attentions else None
-        for layer in self.layer:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        for i, layer in enumerate(self.layer):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() \
+                    and i % self.checkpoint_every == 0:
                 # Recomputed in the backward; the CPU RNG state is restored there, so the dropout seeds
                 # drawn inside the layer (and so the masks) are the same both times.
-                hidden = checkpoint(lambda h, lay=layer: lay(h, attn)[0], hidden,
-                                    use_reentrant=self.checkpoint_reentrant, preserve_rng_state=True)
+                with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) \
+                        if self.checkpoint_offload else contextlib.nullcontext():
+                    hidden = checkpoint(lambda h, lay=layer: lay(h, attn)[0], hidden, **self.checkpoint_options)
                 probs = None
             else:
                 hidden, probs = layer(hidden, attn)
@@ -339,17 +345,148 @@ def embed_batch(model: nn.Module, input_ids, attention_mask, token_type_ids, pos
 
 
 class BertPreTrainedModel(nn.Module):
-    """Weight init, HF checkpoint loading and saving, shared by BertModel and the heads."""
+    """Weight init, HF checkpoint loading and saving, and the parts of transformers' PreTrainedModel that
+    its tools use (Trainer, pipelines, PEFT, sentence-transformers), shared by BertModel and the heads.
+    Needs no transformers."""
 
     config_class = BertConfig
     base_model_prefix = "bert"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _keys_to_ignore_on_save = None
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
+        if is_transformers_config(config):
+            config = BertConfig.from_hf(config)
         if not isinstance(config, BertConfig):
-            raise TypeError(f"config must be a bertfast.BertConfig, got {type(config).__name__} "
-                            "(convert a transformers config with BertConfig.from_hf)")
+            raise TypeError(f"config must be a bertfast.BertConfig or a transformers.BertConfig, got "
+                            f"{type(config).__name__}")
         self.config = config
+        self.warnings_issued: dict = {}
+
+    # What transformers' tools read from a model ---------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
+
+    @property
+    def name_or_path(self) -> str:
+        return self.config.name_or_path
+
+    @property
+    def base_model(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix, self)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters (a tied one once); without the embedding tables' weights if exclude_embeddings."""
+        skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters()
+                   if id(p) not in skip and (p.requires_grad or not only_trainable))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.base_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return None
+
+    def get_extended_attention_mask(self, attention_mask: torch.Tensor, input_shape=None, device=None,
+                                    dtype: torch.dtype | None = None) -> torch.Tensor:
+        """transformers' broadcastable additive mask: 0 where attended, the dtype's minimum elsewhere."""
+        dtype = self.dtype if dtype is None else dtype
+        if attention_mask.dim() == 3:
+            extended = attention_mask[:, None, :, :]
+        elif attention_mask.dim() == 2:
+            extended = attention_mask[:, None, None, :]
+        else:
+            raise ValueError(f"attention_mask must be [batch, seq] or [batch, seq, seq], got {tuple(attention_mask.shape)}")
+        return (1.0 - extended.to(dtype)) * torch.finfo(dtype).min
+
+    def enable_input_require_grads(self) -> None:
+        """Make the word embeddings' output require grad (for adapters on a frozen model with gradient
+        checkpointing), by a forward hook as transformers does; the fused embedding then runs the lookup
+        as a module call so that the hook sees it."""
+        self.disable_input_require_grads()
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(
+            lambda module, args, output: output.requires_grad_(True))
+
+    def disable_input_require_grads(self) -> None:
+        hook = self.__dict__.pop("_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """transformers' resize: rows kept, new rows drawn around the old rows' mean (mean_resizing, as
+        transformers: a normal with 1e-9 times their covariance) or initialised as at construction; a tied
+        LM decoder and its bias follow; config.vocab_size updated."""
+        old = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        n = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+                raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
+            n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        if n < 1:
+            raise ValueError(f"new_num_tokens must be >= 1, got {new_num_tokens}")
+        new = nn.Embedding(n, old.embedding_dim, padding_idx=old.padding_idx if (old.padding_idx or 0) < n else None,
+                           device=old.weight.device, dtype=old.weight.dtype)
+        keep = min(n, old.num_embeddings)
+        added = n - old.num_embeddings
+        if not (added > 0 and mean_resizing):
+            self._init_weights(new)
+        with torch.no_grad():
+            new.weight[:keep] = old.weight[:keep]
+            if added > 0 and mean_resizing:
+                new.weight[-added:] = _mean_rows(old.weight, added)
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self.set_input_embeddings(new)
+        decoder = self.get_output_embeddings()
+        if decoder is not None:
+            self._resize_decoder(n, keep, added, mean_resizing)
+        self.config.vocab_size = n
+        self.tie_weights()
+        return new
+
+    def _resize_decoder(self, n: int, keep: int, added: int, mean_resizing: bool) -> None:
+        raise NotImplementedError
+
+    def to_transformers(self, optimize: bool = True) -> nn.Module:
+        """transformers' class of the same name holding this model's parameters (shared, not copied), made
+        fast by bertfast.optimize unless optimize=False: for tools that want a transformers PreTrainedModel
+        (transformers.Trainer writes config.json only for one). Needs transformers."""
+        import transformers
+
+        cls = getattr(transformers, type(self).__name__)
+        with torch.device("meta"):
+            hf = cls(self.config.to_hf())
+        missing, unexpected = hf.load_state_dict(self.state_dict(keep_vars=True), strict=False, assign=True)
+        if unexpected or any(not k.endswith(("position_ids", "token_type_ids")) for k in missing):
+            raise RuntimeError(f"{cls.__name__} does not fit: missing {missing}, unexpected {unexpected}")
+        own = dict(self.named_buffers())
+        for name, buffer in list(hf.named_buffers()):
+            if buffer.is_meta:
+                owner, _, leaf = name.rpartition(".")
+                hf.get_submodule(owner).register_buffer(leaf, own[name].clone(), persistent=False)
+        hf.tie_weights()
+        hf.train(self.training)
+        if optimize:
+            from bertfast.integrations import optimize as make_fast
+
+            make_fast(hf)
+        return hf
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -367,20 +504,47 @@ class BertPreTrainedModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def init_weights(self) -> None:
-        self.apply(self._init_weights)
+        """transformers' order: children before parents, and a sub-model (the `bert` of a head) is left as
+        its own construction initialised it, so a model drawn under a seed equals transformers' draw."""
+        def visit(module: nn.Module) -> None:
+            for child in module.children():
+                if not isinstance(child, BertPreTrainedModel):
+                    visit(child)
+            self._init_weights(module)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute each encoder layer in the backward instead of storing its activations (HF's API;
-        gradient_checkpointing_kwargs={"use_reentrant": False} picks the non-reentrant variant)."""
-        reentrant = (gradient_checkpointing_kwargs or {}).get("use_reentrant", True)
+        visit(self)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
+                                      every_n_layers: int = 1, offload: bool = False, **kwargs) -> None:
+        """Recompute encoder layers in the backward instead of storing their activations (transformers'
+        API): gradient_checkpointing_kwargs go to torch.utils.checkpoint.checkpoint (use_reentrant defaults
+        to True as in transformers; preserve_rng_state stays on, as the dropout seeds are drawn inside
+        the layer); every_n_layers checkpoints layers 0, n, 2n, ...; offload keeps the saved inputs in
+        host memory (torch.autograd.graph.save_on_cpu). Other keyword arguments are named in a warning."""
+        if kwargs:
+            warnings.warn(f"gradient_checkpointing_enable: not honoured by bertfast, ignored: {sorted(kwargs)}",
+                          stacklevel=2)
+        options = {"use_reentrant": True, **(gradient_checkpointing_kwargs or {})}
+        if not options.get("preserve_rng_state", True):
+            warnings.warn("gradient_checkpointing_enable: preserve_rng_state=False would draw other dropout masks in "
+                          "the recomputation; kept True", stacklevel=2)
+        options["preserve_rng_state"] = True
+        if not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be an int >= 1, got {every_n_layers!r}")
         for module in self.modules():
             if isinstance(module, BertEncoder):
-                module.gradient_checkpointing, module.checkpoint_reentrant = True, reentrant
+                module.gradient_checkpointing = True
+                module.checkpoint_options, module.checkpoint_every, module.checkpoint_offload = \
+                    options, every_n_layers, bool(offload)
 
     def gradient_checkpointing_disable(self) -> None:
         for module in self.modules():
             if isinstance(module, BertEncoder):
                 module.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules() if isinstance(m, BertEncoder))
 
     # Checkpoints ----------------------------------------------------------------------------------
     def _normalise_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -410,9 +574,14 @@ class BertPreTrainedModel(nn.Module):
         from a pre-trained encoder); both are listed in a warning."""
         state = self._normalise_state_dict(state)
         own = self.state_dict()
+        prefix = self.base_model_prefix + "."
+        pooler = [k for k in state if k.removeprefix(prefix).startswith("pooler.") and k not in own]
+        if pooler and not any(k.removeprefix(prefix).startswith("pooler.") for k in own):
+            # built without a pooler (add_pooling_layer=False), as transformers: its weights are not used
+            warnings.warn(f"{type(self).__name__} has no pooler; the checkpoint's {pooler} are not used", stacklevel=3)
+            state = {k: v for k, v in state.items() if k not in pooler}
         missing = sorted(set(own) - set(state) - set(self._tied_keys()))
         unexpected = sorted(set(state) - set(own))
-        prefix = self.base_model_prefix + "."
         if any(k.startswith(prefix) for k in own):
             new_head = [k for k in missing if not k.startswith(prefix)]
             other_head = [k for k in unexpected if not k.startswith(prefix)]
@@ -443,53 +612,104 @@ class BertPreTrainedModel(nn.Module):
         pass
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *args, dtype: torch.dtype | None = None,
+    def from_pretrained(cls, directory: str | os.PathLike, *args, dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, allow_pickle: bool = False, **kwargs):
-        """Load config.json and model.safetensors from a local folder (nothing is downloaded).
+        """Load config.json and the weights (model.safetensors, or its shards with
+        model.safetensors.index.json) from a local folder; nothing is downloaded. Keyword arguments naming
+        config fields update the config (num_labels=3, hidden_dropout_prob=0.0, ...), as in transformers;
+        torch_dtype is dtype's old name; subfolder is honoured.
 
         A pickled pytorch_model.bin is refused unless allow_pickle=True, and then read with weights_only=True."""
         directory = os.fspath(directory)
+        subfolder = kwargs.pop("subfolder", "")
+        directory = os.path.join(directory, subfolder) if subfolder else directory
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"{directory!r} is not a folder (bertfast loads local folders only; nothing is "
+                                    "downloaded)")
+        dtype = kwargs.pop("torch_dtype", None) if dtype is None else dtype
+        dtype = None if dtype == "auto" else _as_dtype(dtype)
+        ignored = sorted(k for k in kwargs if k in _HUB_LOADING_KWARGS and k not in _ALREADY_SO)
+        init_params = set(inspect.signature(cls.__init__).parameters) - {"self", "config"}
+        init_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in init_params}  # add_pooling_layer=False
+        unknown = sorted(k for k in kwargs if k not in _HUB_LOADING_KWARGS and k != "config"
+                         and not k.startswith("_") and k not in _CONFIG_FIELDS)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pretrained: unexpected keyword arguments {unknown} (neither config "
+                            f"fields nor transformers' loading options)")
+        if ignored:
+            warnings.warn(f"{cls.__name__}.from_pretrained: not honoured by bertfast (local folders only), ignored: "
+                          f"{ignored}", stacklevel=2)
         config = kwargs.pop("config", None) or BertConfig.from_pretrained(directory)
+        if is_transformers_config(config):
+            config = BertConfig.from_hf(config)
         for key, value in kwargs.items():
-            setattr(config, key, value)
-        model = cls(config, *args)
-        model.load_checkpoint_state_dict(_read_weights(directory, allow_pickle))
+            if key not in _HUB_LOADING_KWARGS:
+                setattr(config, key, value)
+        model = cls(config, *args, **init_kwargs)
+        model.load_checkpoint_state_dict(read_weights(directory, allow_pickle))
         if dtype is not None or device is not None:
             model.to(device=device, dtype=dtype)
         return model.eval()
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config.json and model.safetensors, the format transformers reads."""
-        from safetensors.torch import save_file
-
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        state_dict: dict[str, torch.Tensor] | None = None, max_shard_size: int | str = "50GB",
+                        safe_serialization: bool = True, **kwargs) -> None:
+        """Write config.json and the weights in the layout transformers reads: model.safetensors, or shards of
+        at most max_shard_size with model.safetensors.index.json (pytorch_model.bin and its shards when
+        safe_serialization=False). state_dict replaces the model's own (Trainer passes one; tied copies are
+        dropped); a process that is not the main one writes nothing. Other keyword arguments of
+        transformers' save_pretrained (push_to_hub, variant, token, save_function, ...) are named in a
+        warning and ignored."""
+        if kwargs:
+            active = sorted(k for k, v in kwargs.items() if v not in (None, False))
+            if active:
+                warnings.warn(f"{type(self).__name__}.save_pretrained: not honoured by bertfast, ignored: {active}",
+                              stacklevel=2)
+        if not is_main_process:
+            return
+        directory = os.fspath(save_directory)
+        if os.path.isfile(directory):
+            raise ValueError(f"save_pretrained needs a folder, and {directory!r} is a file")
         os.makedirs(directory, exist_ok=True)
         config = self.config.to_dict()
         config["architectures"] = [type(self).__name__]
         with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True)
         tied = set(self._tied_keys())
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in tied}
-        save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+        source = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous().cpu() for k, v in source.items() if k not in tied}
+        write_weights(directory, state, max_shard_size, safe_serialization)
 
 
-def _read_weights(directory: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    path = os.path.join(directory, "model.safetensors")
-    if os.path.isfile(path):
-        from safetensors.torch import load_file
+def _mean_rows(weight: torch.Tensor, added: int) -> torch.Tensor:
+    """transformers' mean resizing: rows drawn from a normal around the old rows' mean with 1e-9 times their
+    covariance (the mean itself where that covariance is not positive definite)."""
+    old = weight.detach().float()
+    mean = old.mean(0)
+    centred = old - mean
+    covariance = 1e-9 * (centred.T @ centred) / old.shape[0]
+    try:
+        rows = torch.distributions.MultivariateNormal(mean, covariance_matrix=covariance).sample((added,))
+    except ValueError:  # not positive definite
+        rows = mean[None].expand(added, -1)
+    return rows.to(weight.dtype)
 
-        return load_file(path)
-    pickled = os.path.join(directory, "pytorch_model.bin")
-    if os.path.isfile(pickled):
-        if not allow_pickle:
-            raise RuntimeError(f"{pickled} is a pickle, which can run code when loaded; convert it to safetensors, "
-                               "or pass allow_pickle=True to load it with torch.load(weights_only=True)")
-        return torch.load(pickled, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no model.safetensors in {directory!r}")
+
+# transformers' from_pretrained options that mean nothing for a local folder.
+_HUB_LOADING_KWARGS = frozenset({"local_files_only", "trust_remote_code", "revision", "cache_dir", "token",
+                                 "low_cpu_mem_usage", "use_safetensors", "attn_implementation", "force_download",
+                                 "proxies", "output_loading_info", "device_map", "variant", "code_revision",
+                                 "key_mapping", "weights_only"})
+# ... of which these describe what bertfast does anyway (local files, no remote code, safetensors first).
+_ALREADY_SO = frozenset({"local_files_only", "trust_remote_code", "low_cpu_mem_usage", "use_safetensors", "weights_only"})
+_CONFIG_FIELDS = frozenset(BertConfig().to_dict()) | {"num_labels", "name_or_path", "torch_dtype",
+                                                      "use_return_dict"}
 
 
 class BertModel(BertPreTrainedModel):
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
         super().__init__(config)
+        config = self.config  # a transformers config, converted
         self.embeddings = Embeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
@@ -522,10 +742,9 @@ class BertModel(BertPreTrainedModel):
                 if all_hidden is not None else None
         pooled = self.pooler(sequence_output) if self.pooler is not None else None
 
-        out = BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled,
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-            attentions=tuple(all_probs) if all_probs is not None else None,
-        )
+        out = output(BaseModelOutputWithPoolingAndCrossAttentions,
+                     last_hidden_state=sequence_output,
+                     pooler_output=pooled,
+                     hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+                     attentions=tuple(all_probs) if all_probs is not None else None)
         return out if return_dict else out.to_tuple()

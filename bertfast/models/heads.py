@@ -15,7 +15,7 @@ from bertfast import ops
 from bertfast.config import BertConfig
 from bertfast.models.bert import BertModel, BertPreTrainedModel
 from bertfast.nn import FusedLayerNorm, LinearActivation
-from bertfast.outputs import (BertForPreTrainingOutput, MaskedLMOutput, MultipleChoiceModelOutput,
+from bertfast.outputs import (BertForPreTrainingOutput, output, MaskedLMOutput, MultipleChoiceModelOutput,
                               NextSentencePredictorOutput, QuestionAnsweringModelOutput, SequenceClassifierOutput,
                               TokenClassifierOutput)
 
@@ -24,7 +24,7 @@ _BERT_ARGS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "
 
 
 def _finish(output_cls, return_dict: bool | None, config: BertConfig, **fields):
-    out = output_cls(**fields)
+    out = output(output_cls, **fields)
     return_dict = config.use_return_dict if return_dict is None else return_dict
     return out if return_dict else out.to_tuple()
 
@@ -96,6 +96,31 @@ class _TiedLMMixin:
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder
 
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.cls.predictions.decoder = value
+        self.cls.predictions.bias = value.bias
+
+    def _resize_decoder(self, n: int, keep: int, added: int, mean_resizing: bool) -> None:
+        """The LM decoder follows a vocabulary resize: its bias (and, untied, its weight) keep their first
+        rows; new rows as transformers (bias: the old mean, weight: drawn around the old rows' mean)."""
+        from bertfast.models.bert import _mean_rows
+
+        predictions = self.cls.predictions
+        old = predictions.decoder
+        new = nn.Linear(old.in_features, n, device=old.weight.device, dtype=old.weight.dtype)
+        if not (added > 0 and mean_resizing):
+            self._init_weights(new)
+        with torch.no_grad():
+            new.weight[:keep] = old.weight[:keep]
+            new.bias[:keep] = predictions.bias[:keep]
+            if added > 0 and mean_resizing:
+                new.weight[-added:] = _mean_rows(old.weight, added)
+                new.bias[-added:] = predictions.bias.mean()
+        new.weight.requires_grad_(old.weight.requires_grad)
+        new.bias.requires_grad_(predictions.bias.requires_grad)
+        predictions.decoder = new
+        predictions.bias = new.bias
+
 
 def _bert_kwargs(local: dict) -> dict:
     return {k: local[k] for k in _BERT_ARGS}
@@ -104,6 +129,7 @@ def _bert_kwargs(local: dict) -> dict:
 class BertForPreTraining(_TiedLMMixin, BertPreTrainedModel):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
+        config = self.config  # a transformers config, converted
         self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config)
         self.init_weights()
@@ -127,6 +153,7 @@ class BertForPreTraining(_TiedLMMixin, BertPreTrainedModel):
 class BertForMaskedLM(_TiedLMMixin, BertPreTrainedModel):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
+        config = self.config  # a transformers config, converted
         self.bert = BertModel(config, add_pooling_layer=False)
         self.cls = BertOnlyMLMHead(config)
         self.init_weights()
@@ -148,6 +175,7 @@ class BertForMaskedLM(_TiedLMMixin, BertPreTrainedModel):
 class BertForNextSentencePrediction(BertPreTrainedModel):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
+        config = self.config  # a transformers config, converted
         self.bert = BertModel(config)
         self.cls = BertOnlyNSPHead(config)
         self.init_weights()
@@ -166,6 +194,7 @@ class _ClassifierHead(BertPreTrainedModel):
 
     def __init__(self, config: BertConfig, out_features: int, pooling: bool) -> None:
         super().__init__(config)
+        config = self.config  # a transformers config, converted
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=pooling)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
@@ -177,6 +206,7 @@ class _ClassifierHead(BertPreTrainedModel):
 class BertForSequenceClassification(_ClassifierHead):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config, config.num_labels, pooling=True)
+        config = self.config  # a transformers config, converted
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_hidden_states=None, output_attentions=None, return_dict=None, **kwargs):
@@ -213,6 +243,7 @@ def sequence_classification_loss(config: BertConfig, logits: torch.Tensor, label
 class BertForMultipleChoice(_ClassifierHead):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config, 1, pooling=True)
+        config = self.config  # a transformers config, converted
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_hidden_states=None, output_attentions=None, return_dict=None, **kwargs):
@@ -233,6 +264,7 @@ class BertForMultipleChoice(_ClassifierHead):
 class BertForTokenClassification(_ClassifierHead):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config, config.num_labels, pooling=False)
+        config = self.config  # a transformers config, converted
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_hidden_states=None, output_attentions=None, return_dict=None, **kwargs):
@@ -246,6 +278,7 @@ class BertForTokenClassification(_ClassifierHead):
 class BertForQuestionAnswering(BertPreTrainedModel):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
+        config = self.config  # a transformers config, converted
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)

@@ -85,12 +85,22 @@ def default_ids(emb: nn.Module, seq: int, token_type_ids=None, position_ids=None
     return token_type_ids, position_ids
 
 
+def runs_as_module(word_embeddings: nn.Module) -> bool:
+    """The word lookup must run as a module call: forward hooks on it, or not a plain nn.Embedding."""
+    return bool(word_embeddings._forward_hooks or word_embeddings._forward_pre_hooks) or \
+        type(word_embeddings).forward is not nn.Embedding.forward
+
+
 def embed(emb: nn.Module, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
           ids_checked: bool = False, training: bool = False) -> torch.Tensor:
     """HF's BertEmbeddings (word + position + segment, LayerNorm, dropout) through bertfast's ops, for an
     embeddings module holding HF's submodules (bertfast's Embeddings, or transformers' BertEmbeddings)."""
     seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
     token_type_ids, position_ids = default_ids(emb, seq, token_type_ids, position_ids)
+    if input_ids is not None and runs_as_module(emb.word_embeddings):
+        # Hooks on the word embeddings (enable_input_require_grads, PEFT, a user's) or a replaced module
+        # see their call: the lookup runs as the module, the rest stays fused.
+        inputs_embeds, input_ids = emb.word_embeddings(input_ids), None
     x = ops.embedding_sum(input_ids, token_type_ids, position_ids, emb.word_embeddings.weight,
                           emb.token_type_embeddings.weight, emb.position_embeddings.weight,
                           padding_idx=emb.word_embeddings.padding_idx, inputs_embeds=inputs_embeds,
