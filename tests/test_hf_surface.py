@@ -249,10 +249,11 @@ def test_save_pretrained_keyword_arguments_and_shards(tmp_path):
         model.save_pretrained(tmp_path / "kw", push_to_hub=True, variant="fp16", token=None)
     model.save_pretrained(tmp_path / "not-main", is_main_process=False)
     assert not (tmp_path / "not-main").exists()
-    state = {k: torch.zeros_like(v) if k.endswith("seq_relationship.bias") else v for k, v in model.state_dict().items()}
+    state = {k: torch.full_like(v, 0.5) if k.endswith("seq_relationship.bias") else v
+             for k, v in model.state_dict().items()}
     model.save_pretrained(tmp_path / "given", state_dict=state)
     again = bertfast.BertForPreTraining.from_pretrained(tmp_path / "given")
-    assert torch.equal(again.cls.seq_relationship.bias, torch.zeros(2))
+    assert torch.equal(again.cls.seq_relationship.bias, torch.full((2,), 0.5))
     with pytest.raises(ValueError, match="max_shard_size"):
         model.save_pretrained(tmp_path / "bad", max_shard_size="lots")
 

@@ -417,3 +417,20 @@ def test_peft_lora_on_own_class_matches_stock():
     assert losses[0][-1] < losses[0][0]
     for a, b in zip(*losses):
         assert abs(a - b) <= 1e-5, losses
+
+
+def test_own_model_inside_sentence_transformers(tmp_path, minilm_dir, sentences):
+    """bertfast's own BertModel as a SentenceTransformer's backbone (assigned to model[0].model, the
+    attribute auto_model reads): encode matches the stock model, and save() (which passes transformers'
+    keyword arguments to save_pretrained) writes a folder sentence-transformers reloads with transformers'
+    BertModel, giving the same embeddings."""
+    st = pytest.importorskip("sentence_transformers")
+    stock = st.SentenceTransformer(minilm_dir, device="cpu")
+    model = st.SentenceTransformer(minilm_dir, device="cpu")
+    model[0].model = bertfast.BertModel.from_pretrained(minilm_dir)
+    want = stock.encode(sentences[:16], convert_to_tensor=True)
+    torch.testing.assert_close(model.encode(sentences[:16], convert_to_tensor=True), want, atol=1e-5, rtol=1e-5)
+    model.save(str(tmp_path / "saved"))
+    again = st.SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    assert isinstance(again[0].model, transformers.BertModel)
+    torch.testing.assert_close(again.encode(sentences[:16], convert_to_tensor=True), want, atol=1e-5, rtol=1e-5)
