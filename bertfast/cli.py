@@ -52,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(args.mode, args.results, args.chart)
     if args.command == "pretrain":
-        from bertfast.train import pretrain
+        from bertfast.training.pretrain import pretrain
 
         pretrain(args.corpus, args.vocab, args.config, args.out, args.steps, args.batch_size, args.max_length, args.lr,
                  args.warmup, args.accumulate, args.seed, args.device, args.resume)
         return 0
     if args.command == "finetune":
-        from bertfast.data import DataError
-        from bertfast.finetune import finetune
+        from bertfast.training.data import DataError
+        from bertfast.training.finetune import finetune
 
         try:
             finetune(args.task, args.train, args.eval, args.checkpoint, args.out or f"checkpoints/{args.task}",

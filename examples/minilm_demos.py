@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import bertfast
-from bertfast.data import WordPiece
+from bertfast.training.data import WordPiece
 
 
 def load():

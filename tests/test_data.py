@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from bertfast import data
+from bertfast.training import data
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from contextlib import nullcontext
 import torch
 
 import bertfast
-from bertfast import data
+from bertfast.training import data
 
 
 def pick_device(name: str | None) -> torch.device:

@@ -17,8 +17,8 @@ import time
 import torch
 
 import bertfast
-from bertfast import data
-from bertfast.train import autocast, make_optimizer, pick_device, progress, save_checkpoint
+from bertfast.training import data
+from bertfast.training.pretrain import autocast, make_optimizer, pick_device, progress, save_checkpoint
 
 
 class Example(dict):
