@@ -18,7 +18,7 @@ import torch
 
 import bertfast
 from bertfast.training import data
-from bertfast.training.pretrain import autocast, make_optimizer, pick_device, progress, save_checkpoint
+from bertfast.training.common import autocast, make_optimizer, pick_device, progress, save_checkpoint
 
 
 class Example(dict):
