@@ -101,7 +101,7 @@ def _work(block_index: int, docs: list[list[str]], lengths: list[int], seed: int
         ids = np.fromiter((t for e in examples for t in e.input_ids), dtype=dtype, count=int(sizes.sum()))
         labels = np.fromiter((e.next_sentence_label for e in examples), dtype=np.uint8, count=len(examples))
         out[length] = (ids, sizes, labels)
-    return out, len(docs), sum(len(e.ids) for e in encoded)
+    return out, len(docs), sum(len(e.ids) for e in encoded), _peak_rss_mb()
 
 
 # Writing ----------------------------------------------------------------------------------------------------
@@ -187,6 +187,7 @@ def prepare(corpus: list[str], out: str, vocab: str | None = None, vocab_size: i
     total_bytes = sum(os.path.getsize(p) for p in corpus)
     bar = _progress(total_bytes, progress)
     documents = tokens = 0
+    peaks = {"workers": 0.0}
     start = time.perf_counter()
 
     import multiprocessing as mp
@@ -199,7 +200,8 @@ def prepare(corpus: list[str], out: str, vocab: str | None = None, vocab_size: i
         def drain_one() -> None:
             nonlocal documents, tokens
             result, done = pending.popleft()
-            per_length, n_docs, n_tokens = result.get()
+            per_length, n_docs, n_tokens, worker_rss = result.get()
+            peaks["workers"] = max(peaks["workers"], worker_rss)
             for n, (ids, sizes, labels) in per_length.items():
                 writers[n].add(ids, sizes, labels)
             documents += n_docs
@@ -223,7 +225,8 @@ def prepare(corpus: list[str], out: str, vocab: str | None = None, vocab_size: i
     manifest = {"format": FORMAT, "version": VERSION, "vocab": "vocab.txt", "vocab_size": tokenizer.vocab_size,
                 "lowercase": lowercase, "special_tokens": SPECIAL_TOKENS, "dtype": dtype, "seed": seed,
                 "documents": documents, "tokens": tokens, "source_bytes": total_bytes,
-                "seconds": round(elapsed, 3), "lengths": {}}
+                "seconds": round(elapsed, 3), "workers": workers,
+                "peak_rss_mb": {"main": round(_peak_rss_mb(), 1), "worker": round(peaks["workers"], 1)}, "lengths": {}}
     for n, writer in writers.items():
         shards = writer.finish()
         manifest["lengths"][str(n)] = {"directory": f"len{n}", "examples": sum(s["examples"] for s in shards),
@@ -233,6 +236,15 @@ def prepare(corpus: list[str], out: str, vocab: str | None = None, vocab_size: i
         json.dump(manifest, f, indent=1)
     os.replace(tmp, os.path.join(out, "manifest.json"))  # a manifest exists only for a complete corpus
     return manifest
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (0 where the resource module is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _progress(total: int, enabled: bool):
