@@ -66,6 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     fine.add_argument("--truncate", action="store_true", help="truncate examples longer than --max-length instead of stopping")
     fine.add_argument("--seed", type=int, default=0)
     fine.add_argument("--device", default=None)
+    pred = sub.add_parser("predict", help="fill [MASK]s with a masked-LM checkpoint: the top-k tokens and probabilities")
+    pred.add_argument("text", nargs="+", help='e.g. "The capital of France is [MASK]."')
+    pred.add_argument("--from", dest="checkpoint", required=True, help="a pretrain output or a transformers "
+                                                                       "BertForMaskedLM/BertForPreTraining folder")
+    pred.add_argument("--top-k", type=int, default=5)
+    pred.add_argument("--device", default=None)
+    gen = sub.add_parser("generate", help="continue a prompt by iterative mask filling (what BERT can do: see README)")
+    gen.add_argument("prompt")
+    gen.add_argument("--from", dest="checkpoint", required=True)
+    gen.add_argument("--tokens", type=int, default=10, help="how many tokens to add")
+    gen.add_argument("--temperature", type=float, default=1.0, help="0: always the most likely token")
+    gen.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0: all)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default=None)
     bench = sub.add_parser("bench", help="benchmark on this device: comparison table and a PNG chart of speedups",
                            description="Run benchmarks/ (pytest-benchmark) on this machine and chart the speedups over "
                                        "eager PyTorch. Modes: full (every shape; minutes on a GPU), reduced (the "
@@ -140,6 +154,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
+    if args.command in ("predict", "generate"):
+        from bertfast.predict import generate_main, predict_main
+
+        if args.device and args.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                print(f"error: --device {args.device}, but torch sees no CUDA device", file=sys.stderr)
+                return 2
+        try:
+            if args.command == "predict":
+                if args.top_k < 1:
+                    raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+                return predict_main(args.checkpoint, args.text, args.top_k, args.device)
+            return generate_main(args.checkpoint, args.prompt, args.tokens, args.temperature, args.top_k, args.seed,
+                                 args.device)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.command == "info":
         from bertfast.info import info
 
