@@ -160,6 +160,10 @@ def test_blocked_permutation_and_disjoint_ranks(corpus_dir):
         assert len(set(flat)) == len(flat)  # disjoint (and distinct examples within a step)
         whole = single.step(step)[0]
         assert sorted(flat) == sorted(tuple(r) for r in whole["input_ids"].tolist())  # same examples, same masks
+        for ids, types, mask in zip(whole["input_ids"], whole["token_type_ids"], whole["attention_mask"]):
+            seps = (ids == tok.sep_id).nonzero().squeeze(1).tolist()
+            n = int(mask.sum())  # segment A through the first [SEP] (0), B through the second (1), padding 0
+            assert types.tolist() == [0] * (seps[0] + 1) + [1] * (n - seps[0] - 1) + [0] * (len(ids) - n)
 
 
 def test_phases():
