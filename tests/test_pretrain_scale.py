@@ -354,3 +354,17 @@ def test_generate_continues_the_language(cyclic_model):
     assert bad.returncode == 2 and "--tokens" in bad.stderr
     no_mask = cli("predict", "--from", cyclic_model, "kilo lima")
     assert no_mask.returncode == 2 and "no [MASK]" in no_mask.stderr
+
+
+def test_finetune_under_torchrun(tmp_path, minilm_dir):
+    """finetune launched the same way: 2 ranks on gloo train disjoint halves of each epoch's batches; rank 0
+    alone evaluates, prints and saves."""
+    data_dir = ROOT / "examples" / "data"
+    out = torchrun("finetune", "classify", "--train", data_dir / "sentiment_train.jsonl", "--eval",
+                   data_dir / "sentiment_eval.jsonl", "--from", minilm_dir, "--epochs", "1", "--batch-size", "16",
+                   "--out", tmp_path / "clf")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("epoch 1: accuracy") == 1 and out.stdout.count("saved ") == 1
+    state = json.loads((tmp_path / "clf" / "trainer_state.json").read_text())
+    assert state["world"] == 2 and state["history"][0]["accuracy"] > 0.5
+    assert bertfast.BertForSequenceClassification.from_pretrained(tmp_path / "clf").num_labels == 2

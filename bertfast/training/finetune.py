@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
 import re
@@ -17,8 +18,8 @@ import time
 import torch
 
 import bertfast
-from bertfast.training import data
-from bertfast.training.common import autocast, make_optimizer, pick_device, progress, save_checkpoint
+from bertfast.training import data, distributed
+from bertfast.training.common import autocast, make_optimizer, progress, save_checkpoint
 
 
 class Example(dict):
@@ -199,9 +200,22 @@ def _labelled(head, checkpoint, names):
 
 def finetune(task, train_path, eval_path, checkpoint, out, epochs, batch_size, lr, warmup, accumulate, max_length,
              truncate, seed, device):
+    """Fine-tune on one process, or under torchrun (DDP, NCCL on GPUs / gloo on CPU): every rank draws the
+    same shuffled batches and takes every world-th one (--batch-size is per rank); rank 0 evaluates, logs
+    and saves."""
+    d = distributed.setup(device)
+    try:
+        return _finetune(d, task, train_path, eval_path, checkpoint, out, epochs, batch_size, lr, warmup, accumulate,
+                         max_length, truncate, seed)
+    finally:
+        distributed.teardown(d)
+
+
+def _finetune(d, task, train_path, eval_path, checkpoint, out, epochs, batch_size, lr, warmup, accumulate, max_length,
+              truncate, seed):
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    dev = pick_device(device)
+    dev = d.device
     vocab = os.path.join(checkpoint, "vocab.txt")
     tok = data.WordPiece.from_vocab(vocab)
     if task == "classify":
@@ -222,23 +236,33 @@ def finetune(task, train_path, eval_path, checkpoint, out, epochs, batch_size, l
         model = bertfast.BertForQuestionAnswering.from_pretrained(checkpoint)
         keys = ["start_positions", "end_positions"]
         metrics = lambda m, b: qa_metrics(m, b, evaluation, dev)  # noqa: E731
-    model.to(dev)
-    steps_per_epoch = max(1, len(train) // (batch_size * accumulate))
-    opt, sched = make_optimizer(model, lr, 0.01, steps_per_epoch * epochs, warmup)
+    raw = model.to(dev)
+    if d.active:
+        model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.local_rank] if dev.type == "cuda" else None)
+    steps_per_epoch = max(1, len(train) // (batch_size * accumulate * d.world))
+    opt, sched = make_optimizer(raw, lr, 0.01, steps_per_epoch * epochs, warmup)
     lengths = [len(e["input_ids"]) for e in train]
-    print(f"fine-tuning {task} on {len(train)} examples ({eval_path}: {len(evaluation)}), {epochs} epochs, device {dev}")
+    if d.main:
+        print(f"fine-tuning {task} on {len(train)} examples ({eval_path}: {len(evaluation)}), {epochs} epochs, "
+              f"{d.world} rank(s) on {dev}")
     history = []
     for epoch in range(1, epochs + 1):
         model.train()
-        batches = data.length_bucketed_batches(lengths, batch_size, rng)
-        bar = progress(range(len(batches)), len(batches), f"epoch {epoch}")
+        batches = data.length_bucketed_batches(lengths, batch_size, rng)  # the same on every rank
+        if d.active:
+            if len(batches) < d.world:
+                raise data.DataError(train_path, None, f"{len(batches)} batches for {d.world} ranks: too few examples")
+            batches = batches[:len(batches) - len(batches) % d.world][d.rank::d.world]
+        bar = progress(range(len(batches)), len(batches), f"epoch {epoch}", disable=not d.main)
         tokens, started, running = 0, time.perf_counter(), None
         for n in bar:
             batch = collate([train[i] for i in batches[n]], tok, keys, dev)
-            with autocast(dev):
-                loss = model(**batch).loss
-            (loss / accumulate).backward()
-            if (n + 1) % accumulate == 0 or n + 1 == len(batches):
+            step_now = (n + 1) % accumulate == 0 or n + 1 == len(batches)
+            with (model.no_sync() if d.active and not step_now else contextlib.nullcontext()):
+                with autocast(dev):
+                    loss = model(**batch).loss
+                (loss / accumulate).backward()
+            if step_now:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
@@ -247,13 +271,19 @@ def finetune(task, train_path, eval_path, checkpoint, out, epochs, batch_size, l
             running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
             if hasattr(bar, "set_postfix_str"):
                 bar.set_postfix_str(f"loss {running:.3f} {tokens / (time.perf_counter() - started):.0f} tok/s")
-        model.eval()
-        with torch.no_grad():
-            eval_batches = [collate(evaluation[i:i + batch_size], tok, keys, dev) for i in range(0, len(evaluation), batch_size)]
-            result = metrics(model, eval_batches)
-        result.update(epoch=epoch, train_loss=running)
-        history.append(result)
-        print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
-    save_checkpoint(model, tok, out, {"task": task, "history": history})
-    print(f"saved {out}")
+        if d.main:
+            raw.eval()
+            with torch.no_grad():
+                eval_batches = [collate(evaluation[i:i + batch_size], tok, keys, dev)
+                                for i in range(0, len(evaluation), batch_size)]
+                result = metrics(raw, eval_batches)
+            result.update(epoch=epoch, train_loss=running)
+            history.append(result)
+            print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in result.items()))
+        d.barrier()
+    if d.main:
+        save_checkpoint(raw, tok, out, {"task": task, "history": history, "world": d.world})
+        print(f"saved {out}")
+    d.barrier()
     return history
