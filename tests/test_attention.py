@@ -287,3 +287,36 @@ def test_cuda_varlen_and_dropout():
     q32, k32, v32 = (t.detach().float() for t in (q, k, v))
     ref = attention_ref(q32, k32, v32, mask, dropout_mask=keep, dropout_scale=keep_scale(p))
     assert (a.float() - ref).abs().max().item() < 3e-2
+
+
+def test_sequence_1024_forward_and_backward_fp32():
+    """BERT-large's 1024 positions (the seed's `large`): padded and packed, forward and gradients against
+    the reference (fp32, 1e-5 as above)."""
+    (q, k, v), _ = make(1, 1, 1024, 32)  # one row (the interpreter is slow at this length), its end padded
+    mask = (torch.arange(1024)[None] < 1001).long()
+    out = ops.fused_attention(q, k, v, mask)
+    ref = attention_ref(q, k, v, mask)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    dout = torch.randn_like(out)
+    for name, got, want in zip("qkv", grads(out, (q, k, v), dout), grads(ref, (q, k, v), dout)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+    u = [ops.unpad(t.transpose(1, 2), mask) for t in (q, k, v)]
+    packed = ops.fused_attention_varlen(u[0].hidden, u[1].hidden, u[2].hidden, u[0].cu_seqlens, u[0].max_seqlen)
+    back = ops.pad(packed, u[0].indices, 1, 1024).transpose(1, 2)
+    real = mask.bool()[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(back[real], out[real], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_sequence_1024(dtype):
+    """S = 1024 with BERT-large's heads (16 x 64) in fp16/bf16, judged as test_cuda_low_precision."""
+    (q, k, v), _ = make(3, 16, 1024, 64, dtype=dtype, device="cuda")
+    mask = (torch.arange(1024, device="cuda")[None] < torch.tensor([[1024], [700], [1]], device="cuda")).long()
+    out = ops.fused_attention(q, k, v, mask)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref32 = attention_ref(q32, k32, v32, mask)
+    ref_lp = attention_ref(q, k, v, mask)
+    real = mask.bool()[:, None, :, None].expand_as(out)
+    err = lambda a, b: (a.float() - b.float())[real].abs().max().item()  # noqa: E731
+    assert err(out, ref32) <= 2 * err(ref_lp, ref32) + 1e-3

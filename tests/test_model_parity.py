@@ -224,3 +224,30 @@ def test_padding_layouts_match_transformers(backend, layout, backend_name):
     with torch.no_grad():
         want, got = hf(**batch), bf(**batch)
     assert real_token_diff(want.last_hidden_state, got.last_hidden_state, mask) <= 1e-5
+
+
+def test_large_preset_1024_positions_against_transformers():
+    """The `large` preset's 1024 positions (the seed's BERT-large) at full length: BertForPreTraining equals
+    transformers' on the real tokens (a small-width model with large's position table; reference ops,
+    fp32, 1e-4 over 1024-long softmax sums), and 1025 tokens are refused by name."""
+    cfg = bertfast.BertConfig.large(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                    vocab_size=200, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    assert bertfast.BertConfig.large().max_position_embeddings == 512  # transformers' default; pretrain's large: 1024
+    from bertfast.training.pretrain import build_config
+
+    assert build_config("large", 30522, 128, None).max_position_embeddings == 1024
+    cfg.max_position_embeddings = 1024
+    torch.manual_seed(0)
+    ours = bertfast.BertForPreTraining(cfg).eval()
+    theirs = transformers.BertForPreTraining(cfg.to_hf()).eval()
+    theirs.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.arange(1024)[None] < torch.tensor([[1024], [600]])).long()
+    ids = torch.randint(5, 200, (2, 1024), generator=g) * mask
+    with torch.no_grad():
+        a, b = ours(input_ids=ids, attention_mask=mask), theirs(input_ids=ids, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(a.prediction_logits[real], b.prediction_logits[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.seq_relationship_logits, b.seq_relationship_logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="max_position_embeddings=1024"):
+        ours(input_ids=torch.ones(1, 1025, dtype=torch.long))
