@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmarks.harness import MODE
 import bertfast
@@ -87,6 +86,3 @@ def test_pretraining_step(benchmark, recorder, dev, case, variant):
                            flops=flops, baseline="transformers sdpa", graph=False)
     res.extra["tokens_per_s"] = round(real_tokens / (res.time_ms / 1e3))
     res.extra["MFU"] = round(res.flops_fraction, 3) if res.flops_fraction else None
-    del model, opt
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()

@@ -100,28 +100,6 @@ def build_pair(ids_a, ids_b, cls_id, sep_id, max_length):
 
 
 # Pre-training examples ---------------------------------------------------------------------------------
-def read_documents(paths: list[str]) -> list[list[str]]:
-    """Text files: one sentence (or paragraph) a line, documents separated by blank lines."""
-    docs: list[list[str]] = []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise DataError(path, None, "no such file")
-        current: list[str] = []
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    current.append(line)
-                elif current:
-                    docs.append(current)
-                    current = []
-        if current:
-            docs.append(current)
-        if not docs:
-            raise DataError(path, None, "the corpus is empty")
-    return docs
-
-
 @dataclass
 class PretrainingExample:
     input_ids: list[int]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import os
 import random
 import re
@@ -158,7 +157,7 @@ class Batches:
         return out
 
     def collate(self, slots: list[int]) -> dict[str, torch.Tensor]:
-        rows, types, labels, masked, nsp = [], [], [], [], []
+        rows, types, labels, nsp = [], [], [], []
         tok = self.tok
         for slot in slots:
             ids, label = self.corpus[self.order(slot)]
@@ -286,9 +285,8 @@ def pretrain(data_dir: str | None = None, corpus: list[str] | None = None, vocab
              device: str | None = None, resume: str | None = None, optimizer: str = "adamw",
              phases: list[str] | None = None, fsdp: bool = False, save_every: int = 1000, log_every: int = 25,
              dropout: float | None = None, verify: bool = True, workers: int | None = None,
-             deterministic: bool = False, stop_after: int | None = None) -> dict:
-    """Returns the trainer state ({"step", "history"}); see the module docstring. stop_after: leave after
-    that many steps (a checkpoint written), as a run stopped early would."""
+             deterministic: bool = False) -> dict:
+    """Returns the trainer state ({"step", "history"}); see the module docstring."""
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--accumulate", accumulate)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -296,14 +294,13 @@ def pretrain(data_dir: str | None = None, corpus: list[str] | None = None, vocab
     try:
         return _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_length, lr, warmup,
                          accumulate, seed, resume, optimizer, phases, fsdp, save_every, log_every, dropout, verify,
-                         workers, deterministic, stop_after)
+                         workers, deterministic)
     finally:
         distributed.teardown(d)
 
 
 def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_length, lr, warmup, accumulate, seed,
-              resume, optimizer, phases, fsdp, save_every, log_every, dropout, verify, workers, deterministic,
-              stop_after):
+              resume, optimizer, phases, fsdp, save_every, log_every, dropout, verify, workers, deterministic):
     if deterministic:
         torch.use_deterministic_algorithms(True)
     plan = parse_phases(phases, max_length)
@@ -421,18 +418,16 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
         opt.zero_grad(set_to_none=True)
         step_losses.append(step_loss)
         done = step + 1
-        if done % log_every == 0 or done == steps or done == stop_after:
+        if done % log_every == 0 or done == steps:
             history.append(_log(d, model, raw, last, window, step_losses, started, done, sched, bounds[phase][0],
                                 flops_per_token, peak, bar))
             window.zero_()
             step_losses = []
             started = time.perf_counter()
-        if done == stop_after or done == steps or (save_every and done % save_every == 0):
+        if done == steps or (save_every and done % save_every == 0):
             save_training_checkpoint(out, done, model, raw, opt, sched, d, tokenizer_vocab(corpora, lengths), meta,
                                      history)
-        if done == stop_after:
-            break
-    state = {"step": step + 1 if steps > start_step else start_step, "history": history}
+    state = {"step": max(steps, start_step), "history": history}
     if d.main and state["step"] == steps:
         final = os.path.join(out, f"checkpoint-{steps}")
         for name in os.listdir(final):
