@@ -81,6 +81,8 @@ def main(mode: str, results_path: str | None, chart_path: str) -> int:
     with open(results_path) as f:
         results = json.load(f)
     print(table(results))
+    if results.get("mode", mode) == "dry":
+        print("\nNOTE: dry mode is a plumbing check (tiny shapes, one round): these timings and ratios mean nothing.")
     if chart(results, chart_path):
         print(f"chart written to {chart_path}")
     return 0

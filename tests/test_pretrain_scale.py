@@ -368,3 +368,14 @@ def test_finetune_under_torchrun(tmp_path, minilm_dir):
     state = json.loads((tmp_path / "clf" / "trainer_state.json").read_text())
     assert state["world"] == 2 and state["history"][0]["accuracy"] > 0.5
     assert bertfast.BertForSequenceClassification.from_pretrained(tmp_path / "clf").num_labels == 2
+
+
+def test_bench_dry_output_says_it_is_a_plumbing_check(tmp_path):
+    results = {"mode": "dry", "commit": "0" * 40, "date": "today",
+               "device": {"device_name": "cpu", "copy_gbps": 1.0, "matmul_dtype": "float32", "matmul_tflops": 0.1},
+               "results": [{"group": "g", "case": "c", "variant": "bertfast", "time_ms": 1.0, "speedup_vs_eager": 2.0}]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results))
+    out = cli("bench", "--results", path, "--chart", tmp_path / "c.png")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "plumbing check" in out.stdout and "mean nothing" in out.stdout
