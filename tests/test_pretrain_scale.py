@@ -154,12 +154,15 @@ def test_blocked_permutation_and_disjoint_ranks(corpus_dir):
     world, batch, accumulate = 3, 2, 2
     ranks = [Batches(corpus, tok, 0, 0, batch, world, r, accumulate) for r in range(world)]
     single = Batches(corpus, tok, 0, 0, batch * world * accumulate, 1, 0, 1)
+    def rows(b):  # each example's ids without the batch's padding
+        return [tuple(ids[:int(n)].tolist()) for ids, n in zip(b["input_ids"], b["attention_mask"].sum(1))]
+
     for step in range(3):
-        per_rank = [[tuple(b["input_ids"][i].tolist()) for b in r.step(step) for i in range(batch)] for r in ranks]
-        flat = [row for rows in per_rank for row in rows]
+        flat = [row for r in ranks for b in r.step(step) for row in rows(b)]
+        assert len(flat) == batch * world * accumulate
         assert len(set(flat)) == len(flat)  # disjoint (and distinct examples within a step)
         whole = single.step(step)[0]
-        assert sorted(flat) == sorted(tuple(r) for r in whole["input_ids"].tolist())  # same examples, same masks
+        assert sorted(flat) == sorted(rows(whole))  # the same examples, with the same masks
         for ids, types, mask in zip(whole["input_ids"], whole["token_type_ids"], whole["attention_mask"]):
             seps = (ids == tok.sep_id).nonzero().squeeze(1).tolist()
             n = int(mask.sum())  # segment A through the first [SEP] (0), B through the second (1), padding 0
