@@ -84,12 +84,20 @@ def test_length_buckets_cut_padding():
 
 
 def test_bad_files_name_file_and_line(tmp_path):
+    from bertfast.training.prepare import prepare
+
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(data.SPECIAL_TOKENS + ["a", "b"]) + "\n")
     with pytest.raises(data.DataError, match="empty.txt: the corpus is empty"):
-        data.read_documents([str(empty)])
+        prepare([str(empty)], str(tmp_path / "out"), vocab=str(vocab), workers=1, progress=False)
     with pytest.raises(data.DataError, match="missing.txt: no such file"):
-        data.read_documents([str(tmp_path / "missing.txt")])
+        prepare([str(tmp_path / "missing.txt")], str(tmp_path / "out"), vocab=str(vocab), workers=1, progress=False)
+    bad_utf8 = tmp_path / "latin1.txt"
+    bad_utf8.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(data.DataError, match="latin1.txt:1: not UTF-8"):
+        prepare([str(bad_utf8)], str(tmp_path / "out"), vocab=str(vocab), workers=1, progress=False)
     jl = tmp_path / "train.jsonl"
     jl.write_text(json.dumps({"text": "a", "label": "pos"}) + "\n" + json.dumps({"text": "b"}) + "\n")
     with pytest.raises(data.DataError, match=r"train.jsonl:2: missing field\(s\) \['label'\]"):
