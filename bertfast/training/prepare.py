@@ -225,6 +225,7 @@ def prepare(corpus: list[str], out: str, vocab: str | None = None, vocab_size: i
     manifest = {"format": FORMAT, "version": VERSION, "vocab": "vocab.txt", "vocab_size": tokenizer.vocab_size,
                 "lowercase": lowercase, "special_tokens": SPECIAL_TOKENS, "dtype": dtype, "seed": seed,
                 "documents": documents, "tokens": tokens, "source_bytes": total_bytes,
+                "sources": [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in corpus],
                 "seconds": round(elapsed, 3), "workers": workers,
                 "peak_rss_mb": {"main": round(_peak_rss_mb(), 1), "worker": round(peaks["workers"], 1)}, "lengths": {}}
     for n, writer in writers.items():

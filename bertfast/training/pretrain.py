@@ -254,10 +254,6 @@ def build_config(name: str, vocab_size: int, max_length: int, dropout: float | N
 
 def _prepare_default(out: str, corpus: list[str] | None, vocab: str | None, lengths: list[int], workers) -> str:
     target = os.path.join(out, "data")
-    if os.path.isfile(os.path.join(target, "manifest.json")):
-        manifest = json.load(open(os.path.join(target, "manifest.json")))
-        if all(str(n) in manifest["lengths"] for n in lengths):
-            return target
     sources = corpus
     if not corpus:
         os.makedirs(os.path.join(out, "data-source"), exist_ok=True)
@@ -266,6 +262,12 @@ def _prepare_default(out: str, corpus: list[str] | None, vocab: str | None, leng
             for doc in stdlib_documents():
                 f.write("\n".join(doc) + "\n\n")
         sources = [path]
+    if os.path.isfile(os.path.join(target, "manifest.json")):  # prepared by an earlier run from the same files
+        with open(os.path.join(target, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        same = manifest.get("sources") == [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in sources]
+        if same and all(str(n) in manifest["lengths"] for n in lengths):
+            return target
     prepare(sources, target, vocab=vocab, vocab_size=30000 if corpus else 8000, lengths=tuple(lengths),
             workers=workers, progress=False, docs_per_block=500)
     return target
