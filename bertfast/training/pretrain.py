@@ -430,8 +430,8 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
             save_training_checkpoint(out, done, model, raw, opt, sched, d, tokenizer_vocab(corpora, lengths), meta,
                                      history)
     state = {"step": max(steps, start_step), "history": history}
-    if d.main and state["step"] == steps:
-        final = os.path.join(out, f"checkpoint-{steps}")
+    final = os.path.join(out, f"checkpoint-{steps}")
+    if d.main and state["step"] == steps and os.path.isdir(final):
         for name in os.listdir(final):
             if name != "training_state.pt":
                 shutil.copy(os.path.join(final, name), os.path.join(out, name))
