@@ -38,6 +38,7 @@ _DEFAULTS: dict[str, Any] = dict(
 # Older names transformers still reads.
 _ALIASES = {"use_return_dict": "return_dict", "torch_dtype": "dtype"}
 
+
 def _as_dtype(value: Any):
     """A torch dtype from transformers' spellings ("float32", "torch.bfloat16", a torch.dtype); None and
     "auto" are kept."""
