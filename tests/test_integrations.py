@@ -434,3 +434,35 @@ def test_own_model_inside_sentence_transformers(tmp_path, minilm_dir, sentences)
     again = st.SentenceTransformer(str(tmp_path / "saved"), device="cpu")
     assert isinstance(again[0].model, transformers.BertModel)
     torch.testing.assert_close(again.encode(sentences[:16], convert_to_tensor=True), want, atol=1e-5, rtol=1e-5)
+
+
+def test_trainer_saves_own_tied_model_after_optimize_transformers(tmp_path):
+    """After bertfast.optimize_transformers(), transformers.Trainer saves bertfast's own models as it saves
+    its own: a tied BertForMaskedLM checkpoints (without the patch, safetensors refuses its shared
+    tensors), every folder has config.json, resume continues, and transformers reloads save_model()'s
+    folder with the same logits. restore_transformers() puts Trainer back."""
+    pytest.importorskip("accelerate")
+    cfg = bertfast.BertConfig(**hf_config().to_dict())
+    torch.manual_seed(0)
+    model = bertfast.BertForMaskedLM(cfg)
+    g = torch.Generator().manual_seed(0)
+    data = [dict(input_ids=torch.randint(1, 120, (9,), generator=g), labels=torch.randint(0, 120, (9,), generator=g))
+            for _ in range(16)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4,
+                                          save_steps=2, report_to=[], use_cpu=True, logging_steps=1)
+    original = transformers.Trainer._save
+    bertfast.optimize_transformers()
+    try:
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+        trainer.train()
+        assert (tmp_path / "out" / "checkpoint-2" / "config.json").exists()
+        transformers.Trainer(model=model, args=args, train_dataset=data).train(
+            resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+        trainer.save_model(str(tmp_path / "final"))
+    finally:
+        bertfast.restore_transformers()
+    assert transformers.Trainer._save is original
+    again = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "final")).eval()
+    ids = torch.randint(1, 120, (2, 9), generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5, rtol=1e-5)

@@ -651,6 +651,14 @@ class BertPreTrainedModel(nn.Module):
             model.to(device=device, dtype=dtype)
         return model.eval()
 
+    def save_config(self, directory: str | os.PathLike) -> None:
+        """config.json with this class as its architecture, as transformers writes it."""
+        os.makedirs(directory, exist_ok=True)
+        config = self.config.to_dict()
+        config["architectures"] = [type(self).__name__]
+        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
                         state_dict: dict[str, torch.Tensor] | None = None, max_shard_size: int | str = "50GB",
                         safe_serialization: bool = True, **kwargs) -> None:
@@ -670,11 +678,7 @@ class BertPreTrainedModel(nn.Module):
         directory = os.fspath(save_directory)
         if os.path.isfile(directory):
             raise ValueError(f"save_pretrained needs a folder, and {directory!r} is a file")
-        os.makedirs(directory, exist_ok=True)
-        config = self.config.to_dict()
-        config["architectures"] = [type(self).__name__]
-        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
+        self.save_config(directory)
         tied = set(self._tied_keys())
         source = self.state_dict() if state_dict is None else state_dict
         state = {k: v.detach().contiguous().cpu() for k, v in source.items() if k not in tied}

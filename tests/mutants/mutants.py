@@ -127,6 +127,9 @@ MUTANTS = [
     Mutant("HF surface: a given state_dict ignored by save_pretrained", "bertfast/models/bert.py",
            "source = self.state_dict() if state_dict is None else state_dict", "source = self.state_dict()",
            ("tests/test_hf_surface.py", "-k save_pretrained_keyword")),
+    Mutant("HF surface: Trainer's patched save keeps the tied copies", "bertfast/integrations/transformers.py",
+           "original(self, output_dir, {k: v for k, v in state.items() if k not in tied})",
+           "original(self, output_dir, state)", ("tests/test_integrations.py", "-k own_tied")),
     # --- issue 13: pre-training at scale ---------------------------------------------------------------
     Mutant("pretrain: MLM loss averaged per rank, not over the global masked count", "bertfast/training/pretrain.py",
            "mlm_part = mlm * (n_masked / total_masked) if total_masked else mlm * 0.0",
