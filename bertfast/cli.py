@@ -6,6 +6,24 @@ import os
 import sys
 
 
+def _below_one(args, names) -> str | None:
+    """The first of these counts below 1, as an error message."""
+    for name in names:
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+    return None
+
+
+def _no_cuda(device: str | None) -> str | None:
+    """An error message when --device names CUDA and torch sees none."""
+    if device and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"--device {device}, but torch sees no CUDA device"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bertfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,16 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         from bertfast.training.data import DataError
         from bertfast.training.pretrain import pretrain
 
-        for name in ("steps", "batch_size", "accumulate", "log_every"):
-            if getattr(args, name) < 1:
-                print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
-                return 2
-        if args.device and args.device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                print(f"error: --device {args.device}, but torch sees no CUDA device", file=sys.stderr)
-                return 2
+        problem = _below_one(args, ("steps", "batch_size", "accumulate", "log_every")) or _no_cuda(args.device)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         if args.resume and not os.path.isdir(args.resume):
             print(f"error: --resume {args.resume}: no such folder", file=sys.stderr)
             return 2
@@ -139,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         from bertfast.training.data import DataError
         from bertfast.training.finetune import finetune
 
-        for name in ("epochs", "batch_size", "accumulate"):
-            if getattr(args, name) < 1:
-                print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
-                return 2
+        problem = _below_one(args, ("epochs", "batch_size", "accumulate"))
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         if not os.path.isdir(args.checkpoint):
             print(f"error: --from {args.checkpoint}: no such folder", file=sys.stderr)
             return 2
@@ -157,12 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("predict", "generate"):
         from bertfast.predict import generate_main, predict_main
 
-        if args.device and args.device.startswith("cuda"):
-            import torch
-
-            if not torch.cuda.is_available():
-                print(f"error: --device {args.device}, but torch sees no CUDA device", file=sys.stderr)
-                return 2
+        if _no_cuda(args.device):
+            print(f"error: {_no_cuda(args.device)}", file=sys.stderr)
+            return 2
         try:
             if args.command == "predict":
                 if args.top_k < 1:

@@ -46,12 +46,18 @@ def grads(out, inputs, dout):
 @pytest.mark.parametrize("dim", [32, 64])
 def test_padded_matches_reference_fp32(seq, dim):
     (q, k, v), mask = make(4, 2, seq, dim)
+    assert_matches_reference_fp32(q, k, v, mask)
+
+
+def assert_matches_reference_fp32(q, k, v, mask):
+    """Output and the three gradients against the reference within 1e-5; returns the output."""
     out = ops.fused_attention(q, k, v, mask)
     ref = attention_ref(q, k, v, mask)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     dout = torch.randn_like(out)
     for name, got, want in zip("qkv", grads(out, (q, k, v), dout), grads(ref, (q, k, v), dout)):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+    return out
 
 
 def test_fully_padded_rows_give_zeros_never_nan():
@@ -294,12 +300,7 @@ def test_sequence_1024_forward_and_backward_fp32():
     the reference (fp32, 1e-5 as above)."""
     (q, k, v), _ = make(1, 1, 1024, 32)  # one row (the interpreter is slow at this length), its end padded
     mask = (torch.arange(1024)[None] < 1001).long()
-    out = ops.fused_attention(q, k, v, mask)
-    ref = attention_ref(q, k, v, mask)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    dout = torch.randn_like(out)
-    for name, got, want in zip("qkv", grads(out, (q, k, v), dout), grads(ref, (q, k, v), dout)):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
+    out = assert_matches_reference_fp32(q, k, v, mask)
     u = [ops.unpad(t.transpose(1, 2), mask) for t in (q, k, v)]
     packed = ops.fused_attention_varlen(u[0].hidden, u[1].hidden, u[2].hidden, u[0].cu_seqlens, u[0].max_seqlen)
     back = ops.pad(packed, u[0].indices, 1, 1024).transpose(1, 2)

@@ -10,12 +10,6 @@ import torch
 from bertfast.training import data
 
 
-def pick_device(name: str | None) -> torch.device:
-    if name is not None and name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name}, but torch sees no CUDA device")
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """BERT's decay groups: none on biases and LayerNorm."""
     decay, no_decay = [], []

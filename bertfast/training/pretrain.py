@@ -23,6 +23,7 @@ BertForPreTraining.from_pretrained(OUT) loads it).
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -38,10 +39,10 @@ import torch.nn.functional as F
 
 import bertfast
 from bertfast.training import data, distributed
-from bertfast.training.common import autocast, linear_schedule, parameter_groups, pick_device, progress, save_checkpoint
+from bertfast.training.common import autocast, make_optimizer, progress
 from bertfast.training.prepare import PreparedCorpus, prepare
 
-__all__ = ["pretrain", "pick_device", "autocast", "progress", "save_checkpoint"]
+__all__ = ["pretrain"]
 
 STDLIB_MODULES = ["json", "os", "re", "collections", "functools", "itertools", "argparse", "logging", "pathlib",
                   "typing", "unittest", "textwrap", "string", "random", "statistics", "datetime", "decimal",
@@ -338,16 +339,7 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
         model = fully_shard(raw)
     elif d.active:
         model = torch.nn.parallel.DistributedDataParallel(raw, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-    groups = parameter_groups(raw, 0.01)
-    if optimizer == "lamb":
-        from bertfast.training.lamb import Lamb
-
-        opt = Lamb(groups, lr=lr)
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, lr=lr)
-    else:
-        raise ValueError(f"--optimizer must be adamw or lamb, got {optimizer!r}")
-    sched = linear_schedule(opt, steps, warmup)
+    opt, sched = make_optimizer(raw, lr, 0.01, steps, warmup, optimizer)
     global_batch = batch_size * d.world * accumulate
     history: list = []
     start_step = 0
@@ -378,8 +370,9 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
               f"steps {start_step}..{steps}, phases {[(n, e - s) for n, s, e in bounds]}")
     flops_per_token = 6 * raw.num_parameters(exclude_embeddings=True)
     peak = peak_flops(d.device)
-    # on the device, read at log steps only: mlm, nsp, nsp correct, examples, tokens
-    window = torch.zeros(5, dtype=torch.float64, device=d.device)
+    # on the device, read at log steps only: mlm, nsp, nsp correct, tokens (the examples are the steps'
+    # global batches)
+    window = torch.zeros(4, dtype=torch.float64, device=d.device)
     step_losses: list[torch.Tensor] = []
     started = time.perf_counter()
     bar = progress(range(start_step, steps), steps - start_step, "pretrain", disable=not d.main)
@@ -394,7 +387,7 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
         for a, (batch, n_masked) in enumerate(zip(micro, counts)):
             sync = a == len(micro) - 1
             batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
-            context = model.no_sync() if (d.active and not fsdp and not sync) else _nullcontext()
+            context = model.no_sync() if (d.active and not fsdp and not sync) else contextlib.nullcontext()
             if d.active and fsdp:
                 model.set_requires_gradient_sync(sync)
             with context:
@@ -410,8 +403,6 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
                 step_loss += objective.detach().double() / d.world
                 window += torch.stack([mlm_part.detach().double(), nsp.detach().double() / accumulate / d.world,
                                        (nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum().double(),
-                                       torch.tensor(float(len(batch["next_sentence_label"])), dtype=torch.float64,
-                                                    device=d.device),
                                        batch["attention_mask"].sum().double()])
             last = batch
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -422,12 +413,12 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
         done = step + 1
         if done % log_every == 0 or done == steps:
             history.append(_log(d, model, raw, last, window, step_losses, started, done, sched, bounds[phase][0],
-                                flops_per_token, peak, bar))
+                                flops_per_token, peak, bar, accumulate))
             window.zero_()
             step_losses = []
             started = time.perf_counter()
         if done == steps or (save_every and done % save_every == 0):
-            save_training_checkpoint(out, done, model, raw, opt, sched, d, tokenizer_vocab(corpora, lengths), meta,
+            save_training_checkpoint(out, done, model, raw, opt, sched, d, corpora[lengths[0]].vocab_file, meta,
                                      history)
     state = {"step": max(steps, start_step), "history": history}
     final = os.path.join(out, f"checkpoint-{steps}")
@@ -439,20 +430,9 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
     return state
 
 
-def tokenizer_vocab(corpora: dict, lengths: list[int]) -> str:
-    return corpora[lengths[0]].vocab_file
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 @torch.no_grad()
-def _log(d, model, raw, batch, window, step_losses, started, step, sched, length, flops_per_token, peak, bar) -> dict:
+def _log(d, model, raw, batch, window, step_losses, started, step, sched, length, flops_per_token, peak, bar,
+         accumulate) -> dict:
     """Global metrics over the window (one all-reduce): losses, NSP accuracy, tokens/s, MFU; MLM accuracy of
     each rank's last batch (its first rows, every position's logits: a forward in eval mode on all ranks)."""
     rows = {k: v[:8] for k, v in batch.items()}
@@ -467,9 +447,10 @@ def _log(d, model, raw, batch, window, step_losses, started, step, sched, length
     packed = torch.cat([window, torch.tensor([correct, float(selected.sum())], dtype=torch.float64,
                                              device=window.device), losses])
     total = d.sum(packed).cpu()
-    mlm, nsp, nsp_correct, examples, tokens, mlm_correct, mlm_count = total[:7].tolist()
-    per_step = total[7:].tolist()
+    mlm, nsp, nsp_correct, tokens, mlm_correct, mlm_count = total[:6].tolist()
+    per_step = total[6:].tolist()
     n = len(per_step)
+    examples = n * len(batch["next_sentence_label"]) * d.world * accumulate
     elapsed = max(time.perf_counter() - started, 1e-9)
     entry = {"step": step, "loss": sum(per_step) / n, "step_losses": per_step, "mlm_loss": mlm / n, "nsp_loss": nsp / n,
              "mlm_accuracy": mlm_correct / max(mlm_count, 1), "nsp_accuracy": nsp_correct / max(examples, 1),
