@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from benchmarks.harness import MODE, Ceilings, Recorder, device
+from benchmarks.harness import Ceilings, Recorder, device
 
 _RECORDER = None
 

@@ -161,7 +161,7 @@ def test_input_require_grads_and_hooks_on_the_word_embeddings(backend_name, back
     torch.manual_seed(0)
     model = bertfast.BertModel(tiny())
     model.requires_grad_(False)
-    model.gradient_checkpointing_enable()
+    model.gradient_checkpointing_enable({"use_reentrant": True})  # PEFT's and older transformers' choice
     adapter = torch.nn.Parameter(torch.ones(64))
     model.encoder.layer[1].output.LayerNorm.register_forward_hook(lambda m, a, out: out * adapter)
     model.train()
@@ -217,6 +217,25 @@ def test_gradient_checkpointing_keyword_arguments():
         model.gradient_checkpointing_enable({"preserve_rng_state": False})
     with pytest.raises(ValueError, match="every_n_layers"):
         model.gradient_checkpointing_enable(every_n_layers=0)
+
+
+def test_gradient_checkpointing_default_is_transformers_non_reentrant():
+    """transformers 5's gradient_checkpointing_enable() defaults to use_reentrant=False, under which frozen
+    embeddings (a checkpointed layer whose input needs no grad) still give every layer its gradients; the
+    reentrant variant would give the layers none. Ours, by default, gives the same gradients as without
+    checkpointing."""
+    torch.manual_seed(0)
+    model = bertfast.BertModel(tiny()).train()
+    model.embeddings.requires_grad_(False)
+    inputs = batch()
+    want = _grads(model, inputs)
+    model.gradient_checkpointing_enable()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reentrant variant warns that no input requires grad
+        got = _grads(model, inputs)
+    assert got.keys() == want.keys() and any(k.startswith("encoder.layer.0.") for k in got)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-6, msg=k)
 
 
 # Saving and loading -------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ model (hooks, save_pretrained, gradient checkpointing, PEFT, sentence-transforme
 and a clear fallback for what bertfast does not serve. Reference ops, and the Triton kernels under the
 interpreter where marked."""
 import copy
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -348,10 +350,10 @@ def _tiny_classification_data(tok):
 
 def test_own_class_under_trainer_with_gradient_checkpointing(tmp_path, minilm_dir):
     """bertfast's BertForSequenceClassification under transformers.Trainer with gradient_checkpointing=True:
-    trains on the fast path, checkpoints, and a resumed run repeats the uninterrupted run's losses. Trainer
-    writes config.json only for a transformers PreTrainedModel, so its folders hold the weights alone
-    (transformers' names); model.to_transformers() hands Trainer a transformers model sharing the same
-    parameters, whose save_model() folder transformers reloads with the same logits."""
+    trains on the fast path, checkpoints (config.json and weights, which transformers loads), and a resumed
+    run repeats the uninterrupted run's losses; model.to_transformers() hands Trainer a transformers model
+    sharing the same parameters, which trains alike and whose save_model() folder transformers reloads with
+    the same logits."""
     pytest.importorskip("accelerate")
     tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     enc, data = _tiny_classification_data(tok)
@@ -376,6 +378,7 @@ def test_own_class_under_trainer_with_gradient_checkpointing(tmp_path, minilm_di
     assert model.bert.encoder.gradient_checkpointing
     full = losses(trainer)
     assert len(full) == 4 and (tmp_path / "own" / "checkpoint-2" / "model.safetensors").exists()
+    assert (tmp_path / "own" / "checkpoint-2" / "config.json").exists()
     resumed = transformers.Trainer(model=model, args=args(tmp_path / "own"), train_dataset=data)
     resumed.train(resume_from_checkpoint=str(tmp_path / "own" / "checkpoint-2"))
     assert losses(resumed) == pytest.approx(full, abs=1e-6)  # steps 1-2 from the checkpoint's state, 3-4 rerun
@@ -429,11 +432,11 @@ def test_own_model_inside_sentence_transformers(tmp_path, minilm_dir, sentences)
     torch.testing.assert_close(again.encode(sentences[:16], convert_to_tensor=True), want, atol=1e-5, rtol=1e-5)
 
 
-def test_trainer_saves_own_tied_model_after_optimize_transformers(tmp_path):
-    """After bertfast.optimize_transformers(), transformers.Trainer saves bertfast's own models as it saves
-    its own: a tied BertForMaskedLM checkpoints (without the patch, safetensors refuses its shared
-    tensors), every folder has config.json, resume continues, and transformers reloads save_model()'s
-    folder with the same logits. restore_transformers() puts Trainer back."""
+def test_trainer_saves_own_tied_model(tmp_path):
+    """transformers.Trainer, given bertfast's own tied BertForMaskedLM and nothing else, saves it as it saves
+    its own models (bertfast.integrations.trainer; unpatched, safetensors refuses the shared tensors at the
+    first checkpoint): every folder has config.json, resume continues, and transformers reloads both a
+    checkpoint and save_model()'s folder."""
     pytest.importorskip("accelerate")
     cfg = bertfast.BertConfig(**hf_config().to_dict())
     torch.manual_seed(0)
@@ -443,19 +446,82 @@ def test_trainer_saves_own_tied_model_after_optimize_transformers(tmp_path):
             for _ in range(16)]
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=4,
                                           save_steps=2, report_to=[], use_cpu=True, logging_steps=1)
-    original = transformers.Trainer._save
-    bertfast.optimize_transformers()
-    try:
-        trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
-        trainer.train()
-        assert (tmp_path / "out" / "checkpoint-2" / "config.json").exists()
-        transformers.Trainer(model=model, args=args, train_dataset=data).train(
-            resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
-        trainer.save_model(str(tmp_path / "final"))
-    finally:
-        bertfast.restore_transformers()
-    assert transformers.Trainer._save is original
+    assert hasattr(transformers.Trainer._save, "_bertfast_original")
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    assert (tmp_path / "out" / "checkpoint-2" / "config.json").exists()
+    transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "out" / "checkpoint-2"))
+    transformers.Trainer(model=model, args=args, train_dataset=data).train(
+        resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    trainer.save_model(str(tmp_path / "final"))
     again = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "final")).eval()
     ids = torch.randint(1, 120, (2, 9), generator=g)
     with torch.no_grad():
         torch.testing.assert_close(again(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+IMPORT_ORDER = """
+import sys
+first, then = sys.argv[1:]
+__import__(first)
+import transformers.trainer
+__import__(then)
+from transformers import Trainer
+import bertfast.integrations.trainer as hook
+print(hasattr(Trainer._save, "_bertfast_original"), hasattr(Trainer._build_accelerator_args, "_bertfast_original"),
+      type(sys.modules["transformers.trainer"].__loader__).__name__,
+      sum(isinstance(f, hook.TrainerFinder) for f in sys.meta_path))
+"""
+
+
+@pytest.mark.parametrize("order", [("bertfast", "transformers.trainer"), ("transformers.trainer", "bertfast")])
+def test_trainer_is_patched_whichever_is_imported_first(order):
+    """bertfast patches transformers.Trainer whether transformers.trainer is loaded before or after it,
+    and the module keeps its own loader."""
+    out = subprocess.run([sys.executable, "-c", IMPORT_ORDER, *order], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    saved, accel, loader, finders = out.stdout.split()
+    assert (saved, accel, loader) == ("True", "True", "SourceFileLoader")
+    assert int(finders) == (1 if order[0] == "bertfast" else 0)
+
+
+DDP_TRAINER = """
+import json, sys, torch, transformers, bertfast
+kind, out = sys.argv[1:]
+cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=32, num_labels=2)
+torch.manual_seed(0)
+model = (bertfast if kind == "own" else transformers).BertForSequenceClassification(cfg)
+g = torch.Generator().manual_seed(0)
+data = [dict(input_ids=torch.randint(1, 120, (9,), generator=g), labels=torch.tensor(i % 2)) for i in range(16)]
+args = transformers.TrainingArguments(output_dir=out, per_device_train_batch_size=4, max_steps=2, report_to=[],
+    use_cpu=True, logging_steps=1, gradient_checkpointing=True, ddp_backend="gloo", save_strategy="no",
+    gradient_checkpointing_kwargs={"use_reentrant": True})
+trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+trainer.train()
+if trainer.is_world_process_zero():
+    json.dump([h["loss"] for h in trainer.state.log_history if "loss" in h], open(out + "/losses.json", "w"))
+"""
+
+
+def test_own_class_under_trainer_ddp_with_reentrant_checkpointing(tmp_path):
+    """Under torchrun, Trainer asks DDP for find_unused_parameters=True for any model that is not a
+    transformers PreTrainedModel, which breaks reentrant gradient checkpointing ("marked a variable ready
+    twice", seen with bertfast's classes before the patch); for bertfast's models it now turns it off as it
+    does for its own. Two gloo ranks: bertfast's BertForSequenceClassification trains and its losses
+    equal transformers' run of the same model (2 steps; the fp32 sums differ in order only)."""
+    pytest.importorskip("accelerate")
+    script = tmp_path / "ddp_trainer.py"
+    script.write_text(DDP_TRAINER)
+    losses = {}
+    for kind in ("own", "hf"):
+        out = tmp_path / kind
+        out.mkdir()
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(script), kind, str(out)], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1"})
+        assert run.returncode == 0, run.stderr[-3000:]
+        losses[kind] = json.loads((out / "losses.json").read_text())
+    assert len(losses["own"]) == 2
+    assert losses["own"] == pytest.approx(losses["hf"], abs=1e-5)

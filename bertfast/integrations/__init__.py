@@ -1,5 +1,9 @@
-"""Making other libraries' models run on bertfast's ops in place. Nothing here is imported by `import
-bertfast`: transformers is imported only when one of these functions is called."""
+"""Making other libraries' models run on bertfast's ops in place. Nothing here imports transformers at
+`import bertfast`: it is imported only when one of these functions is called. `import bertfast` does run
+trainer.install(), which teaches transformers.Trainer, when it is loaded, to save bertfast's models."""
+from bertfast.integrations import trainer as _trainer
+
+_trainer.install()
 
 
 def optimize(model, *, padding_free: bool = True):

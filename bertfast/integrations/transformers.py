@@ -206,18 +206,13 @@ def restore(model: nn.Module) -> nn.Module:
 
 def optimize_transformers() -> None:
     """Patch transformers' BertModel and BertLayer classes: BERT models built afterwards (and those built
-    before) run bertfast's ops. Also teach transformers.Trainer to save bertfast's own models as it saves
-    its own (config.json with the weights, tied weights written once). Undo with restore_transformers()."""
+    before) run bertfast's ops. Undo with restore_transformers(). (transformers.Trainer learns to save
+    bertfast's own models by itself, once `import bertfast` has run: bertfast.integrations.trainer.)"""
     model_cls, layer_cls = _bert_classes()
     for cls, fast in ((model_cls, bert_model_forward), (layer_cls, bert_layer_forward)):
         if cls not in _CLASS_ORIGINALS:
             _CLASS_ORIGINALS[cls] = cls.forward
             cls.forward = fast
-    from transformers import Trainer
-
-    if "_save" not in _TRAINER_ORIGINALS:
-        _TRAINER_ORIGINALS["_save"] = Trainer._save
-        Trainer._save = _trainer_save
 
 
 def restore_transformers() -> None:
@@ -225,26 +220,3 @@ def restore_transformers() -> None:
     for cls, forward in list(_CLASS_ORIGINALS.items()):
         cls.forward = forward
         del _CLASS_ORIGINALS[cls]
-    if "_save" in _TRAINER_ORIGINALS:
-        from transformers import Trainer
-
-        Trainer._save = _TRAINER_ORIGINALS.pop("_save")
-
-
-_TRAINER_ORIGINALS: dict[str, object] = {}
-
-
-def _trainer_save(self, output_dir=None, state_dict=None):
-    """Trainer._save for a bertfast model (which is not a transformers PreTrainedModel, so Trainer would
-    write its state_dict alone, and safetensors refuses tied weights): Trainer's own save with the tied
-    copies left out, then the config.json that from_pretrained needs. Other models: Trainer's own save."""
-    from bertfast.models.bert import BertPreTrainedModel
-
-    original = _TRAINER_ORIGINALS["_save"]
-    model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-    if not isinstance(model, BertPreTrainedModel):
-        return original(self, output_dir, state_dict)
-    tied = set(model._tied_keys())
-    state = model.state_dict() if state_dict is None else state_dict
-    original(self, output_dir, {k: v for k, v in state.items() if k not in tied})
-    model.save_config(output_dir if output_dir is not None else self.args.output_dir)

@@ -159,7 +159,7 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
-        self.checkpoint_options = {"use_reentrant": True, "preserve_rng_state": True}
+        self.checkpoint_options = {"use_reentrant": False, "preserve_rng_state": True}
         self.checkpoint_every = 1
         self.checkpoint_offload = False
 
@@ -518,13 +518,14 @@ class BertPreTrainedModel(nn.Module):
                                       every_n_layers: int = 1, offload: bool = False, **kwargs) -> None:
         """Recompute encoder layers in the backward instead of storing their activations (transformers'
         API): gradient_checkpointing_kwargs go to torch.utils.checkpoint.checkpoint (use_reentrant defaults
-        to True as in transformers; preserve_rng_state stays on, as the dropout seeds are drawn inside
-        the layer); every_n_layers checkpoints layers 0, n, 2n, ...; offload keeps the saved inputs in
+        to False, as in transformers 5: frozen embeddings still give the layers gradients, and DDP may look
+        for unused parameters; preserve_rng_state stays on, as the dropout seeds are drawn inside the
+        layer); every_n_layers checkpoints layers 0, n, 2n, ...; offload keeps the saved inputs in
         host memory (torch.autograd.graph.save_on_cpu). Other keyword arguments are named in a warning."""
         if kwargs:
             warnings.warn(f"gradient_checkpointing_enable: not honoured by bertfast, ignored: {sorted(kwargs)}",
                           stacklevel=2)
-        options = {"use_reentrant": True, **(gradient_checkpointing_kwargs or {})}
+        options = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         if not options.get("preserve_rng_state", True):
             warnings.warn("gradient_checkpointing_enable: preserve_rng_state=False would draw other dropout masks in "
                           "the recomputation; kept True", stacklevel=2)
