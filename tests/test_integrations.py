@@ -527,3 +527,39 @@ def test_own_class_under_trainer_ddp_with_reentrant_checkpointing(tmp_path):
         losses[kind] = json.loads((out / "losses.json").read_text())
     assert len(losses["own"]) == 2
     assert losses["own"] == pytest.approx(losses["hf"], abs=1e-5)
+
+
+@pytest.mark.parametrize("head", ["BertForSequenceClassification", "BertForQuestionAnswering",
+                                  "BertForTokenClassification"])
+def test_trainer_evaluate_and_predict_match_stock(tmp_path, head):
+    """Trainer finds the label arguments from the forward's signature (labels; start/end_positions for QA)
+    and gathers the outputs: evaluate()'s loss and predict()'s predictions and label_ids from bertfast's
+    own class equal transformers' for the same weights (fp32, same arithmetic up to summation order)."""
+    pytest.importorskip("accelerate")
+    np = pytest.importorskip("numpy")
+    config = hf_config(num_labels=2 if head == "BertForQuestionAnswering" else 3)
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(1, 120, (9,), generator=g) for _ in range(10)]
+    if head == "BertForQuestionAnswering":
+        data = [dict(input_ids=x, start_positions=torch.tensor(i % 9), end_positions=torch.tensor((i + 2) % 9))
+                for i, x in enumerate(ids)]
+    elif head == "BertForTokenClassification":
+        data = [dict(input_ids=x, labels=x % 3) for x in ids]
+    else:
+        data = [dict(input_ids=x, labels=torch.tensor(i % 3)) for i, x in enumerate(ids)]
+    results = []
+    for lib in (transformers, bertfast):
+        torch.manual_seed(0)
+        model = getattr(lib, head)(config)
+        args = transformers.TrainingArguments(output_dir=str(tmp_path / lib.__name__), per_device_eval_batch_size=4,
+                                              report_to=[], use_cpu=True)
+        trainer = transformers.Trainer(model=model, args=args, eval_dataset=data)
+        results.append((trainer.evaluate()["eval_loss"], trainer.predict(data)))
+    (want_loss, want), (got_loss, got) = results
+    assert got_loss == pytest.approx(want_loss, abs=1e-5)
+    as_tuple = (lambda p: p if isinstance(p, tuple) else (p,))
+    assert len(as_tuple(got.predictions)) == len(as_tuple(want.predictions))
+    for a, b in zip(as_tuple(got.predictions), as_tuple(want.predictions)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(as_tuple(got.label_ids), as_tuple(want.label_ids)):
+        np.testing.assert_array_equal(a, b)
