@@ -503,7 +503,7 @@ trainer.train()
 if trainer.is_world_process_zero():
     json.dump([h["loss"] for h in trainer.state.log_history if "loss" in h], open(out + "/losses.json", "w"))
 torch.distributed.barrier()  # then a clean shutdown: left to exit, a rank aborted in about 1 run in 8, stock
-torch.distributed.destroy_process_group()  # transformers models too ("terminate called"; 0 in 14 like this)
+torch.distributed.destroy_process_group()  # transformers models too ("terminate called"; 0 in 24 like this)
 """
 
 
