@@ -29,13 +29,13 @@ def _bertfast_model(trainer, model=None):
     return model if isinstance(model, BertPreTrainedModel) else None
 
 
-def _save(original, self, output_dir=None, state_dict=None):
+def _save(original, self, output_dir=None, state_dict=None, **kwargs):
     model = _bertfast_model(self, self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
     if model is None:
-        return original(self, output_dir, state_dict)
+        return original(self, output_dir, state_dict, **kwargs)
     tied = set(model._tied_keys())
     state = model.state_dict() if state_dict is None else state_dict
-    original(self, output_dir, {k: v for k, v in state.items() if k not in tied})
+    original(self, output_dir, {k: v for k, v in state.items() if k not in tied}, **kwargs)
     model.save_config(output_dir if output_dir is not None else self.args.output_dir)
 
 
@@ -74,15 +74,6 @@ def _method(wrapper, original):
     def method(self, *args, **kwargs):
         return wrapper(original, self, *args, **kwargs)
     return method
-
-
-def unpatch(module) -> None:
-    """Put Trainer's own methods back (tests)."""
-    trainer = getattr(module, "Trainer", None)
-    for name in _PATCHES:
-        current = getattr(trainer, name, None)
-        if hasattr(current, _MARK):
-            setattr(trainer, name, getattr(current, _MARK))
 
 
 class _PatchAfterLoad:
