@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("predict", "generate"):
         from bertfast.predict import generate_main, predict_main
 
-        if _no_cuda(args.device):
-            print(f"error: {_no_cuda(args.device)}", file=sys.stderr)
+        problem = _no_cuda(args.device)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
             return 2
         try:
             if args.command == "predict":

@@ -22,27 +22,24 @@ TARGET = "transformers.trainer"
 _MARK = "_bertfast_original"
 
 
-def _bertfast_model(trainer, model=None):
+def _is_bertfast(model) -> bool:
     from bertfast.models.bert import BertPreTrainedModel
 
-    model = trainer.model if model is None else model
-    return model if isinstance(model, BertPreTrainedModel) else None
+    return isinstance(model, BertPreTrainedModel)
 
 
 def _save(original, self, output_dir=None, state_dict=None, **kwargs):
-    model = _bertfast_model(self, self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
-    if model is None:
+    model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+    if not _is_bertfast(model):
         return original(self, output_dir, state_dict, **kwargs)
-    tied = set(model._tied_keys())
-    state = model.state_dict() if state_dict is None else state_dict
-    original(self, output_dir, {k: v for k, v in state.items() if k not in tied}, **kwargs)
+    original(self, output_dir, model.state_to_save(state_dict), **kwargs)
     model.save_config(output_dir if output_dir is not None else self.args.output_dir)
 
 
 def _build_accelerator_args(original, self, **kwargs):
     args = original(self, **kwargs)
-    model = _bertfast_model(self)
-    if model is not None and self.args.ddp_find_unused_parameters is None:
+    model = self.model
+    if _is_bertfast(model) and self.args.ddp_find_unused_parameters is None:
         for handler in args.get("kwargs_handlers", []):
             if hasattr(handler, "find_unused_parameters"):
                 handler.find_unused_parameters = not (model.is_gradient_checkpointing or self.args.gradient_checkpointing)
@@ -83,9 +80,6 @@ class _PatchAfterLoad:
     def __init__(self, loader) -> None:
         self.loader = loader
 
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
     def exec_module(self, module) -> None:
         self.loader.exec_module(module)
         module.__loader__ = self.loader
@@ -97,7 +91,7 @@ class _PatchAfterLoad:
             warnings.warn(f"bertfast: could not patch transformers.Trainer ({e!r}); hand Trainer "
                           "model.to_transformers() to save bertfast models with their config", stacklevel=2)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name):  # create_module and the rest: the module's own loader
         return getattr(self.loader, name)
 
 

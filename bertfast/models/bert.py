@@ -680,10 +680,15 @@ class BertPreTrainedModel(nn.Module):
         if os.path.isfile(directory):
             raise ValueError(f"save_pretrained needs a folder, and {directory!r} is a file")
         self.save_config(directory)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_to_save(state_dict).items()}
+        write_weights(directory, state, max_shard_size, safe_serialization)
+
+    def state_to_save(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """This model's state_dict (or the one given) without the tied copies, as transformers writes it
+        (from_pretrained ties them again)."""
         tied = set(self._tied_keys())
         source = self.state_dict() if state_dict is None else state_dict
-        state = {k: v.detach().contiguous().cpu() for k, v in source.items() if k not in tied}
-        write_weights(directory, state, max_shard_size, safe_serialization)
+        return {k: v for k, v in source.items() if k not in tied}
 
 
 def _mean_rows(weight: torch.Tensor, added: int) -> torch.Tensor:

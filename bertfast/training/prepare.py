@@ -163,6 +163,12 @@ class _ShardWriter:
         return self.shards
 
 
+def describe_sources(paths: list[str]) -> list[dict]:
+    """The text files as the manifest records them (absolute path, size): what a later run compares to
+    decide whether this corpus was prepared from the same files."""
+    return [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in paths]
+
+
 def prepare(corpus: list[str], out: str, vocab: str | None = None, vocab_size: int = 30000,
             lengths: tuple[int, ...] = (128,), workers: int | None = None, seed: int = 0, lowercase: bool = True,
             shard_tokens: int = 1 << 28, docs_per_block: int = 2000, progress: bool = True) -> dict:
@@ -225,7 +231,7 @@ def prepare(corpus: list[str], out: str, vocab: str | None = None, vocab_size: i
     manifest = {"format": FORMAT, "version": VERSION, "vocab": "vocab.txt", "vocab_size": tokenizer.vocab_size,
                 "lowercase": lowercase, "special_tokens": SPECIAL_TOKENS, "dtype": dtype, "seed": seed,
                 "documents": documents, "tokens": tokens, "source_bytes": total_bytes,
-                "sources": [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in corpus],
+                "sources": describe_sources(corpus),
                 "seconds": round(elapsed, 3), "workers": workers,
                 "peak_rss_mb": {"main": round(_peak_rss_mb(), 1), "worker": round(peaks["workers"], 1)}, "lengths": {}}
     for n, writer in writers.items():

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import bertfast
 from bertfast.training import data, distributed
 from bertfast.training.common import autocast, make_optimizer, progress
-from bertfast.training.prepare import PreparedCorpus, prepare
+from bertfast.training.prepare import PreparedCorpus, describe_sources, prepare
 
 __all__ = ["pretrain"]
 
@@ -266,7 +266,7 @@ def _prepare_default(out: str, corpus: list[str] | None, vocab: str | None, leng
     if os.path.isfile(os.path.join(target, "manifest.json")):  # prepared by an earlier run from the same files
         with open(os.path.join(target, "manifest.json"), encoding="utf-8") as f:
             manifest = json.load(f)
-        same = manifest.get("sources") == [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in sources]
+        same = manifest.get("sources") == describe_sources(sources)
         if same and all(str(n) in manifest["lengths"] for n in lengths):
             return target
     prepare(sources, target, vocab=vocab, vocab_size=30000 if corpus else 8000, lengths=tuple(lengths),
@@ -413,7 +413,7 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
         done = step + 1
         if done % log_every == 0 or done == steps:
             history.append(_log(d, model, raw, last, window, step_losses, started, done, sched, bounds[phase][0],
-                                flops_per_token, peak, bar, accumulate))
+                                flops_per_token, peak, bar, global_batch))
             window.zero_()
             step_losses = []
             started = time.perf_counter()
@@ -432,7 +432,7 @@ def _pretrain(d, data_dir, corpus, vocab, config, out, steps, batch_size, max_le
 
 @torch.no_grad()
 def _log(d, model, raw, batch, window, step_losses, started, step, sched, length, flops_per_token, peak, bar,
-         accumulate) -> dict:
+         global_batch) -> dict:
     """Global metrics over the window (one all-reduce): losses, NSP accuracy, tokens/s, MFU; MLM accuracy of
     each rank's last batch (its first rows, every position's logits: a forward in eval mode on all ranks)."""
     rows = {k: v[:8] for k, v in batch.items()}
@@ -450,7 +450,7 @@ def _log(d, model, raw, batch, window, step_losses, started, step, sched, length
     mlm, nsp, nsp_correct, tokens, mlm_correct, mlm_count = total[:6].tolist()
     per_step = total[6:].tolist()
     n = len(per_step)
-    examples = n * len(batch["next_sentence_label"]) * d.world * accumulate
+    examples = n * global_batch
     elapsed = max(time.perf_counter() - started, 1e-9)
     entry = {"step": step, "loss": sum(per_step) / n, "step_losses": per_step, "mlm_loss": mlm / n, "nsp_loss": nsp / n,
              "mlm_accuracy": mlm_correct / max(mlm_count, 1), "nsp_accuracy": nsp_correct / max(examples, 1),
