@@ -219,7 +219,9 @@ def test_torchrun_two_ranks_equal_one_process(corpus_dir, tmp_path, mode):
     two = torchrun("pretrain", "--data", corpus_dir / "data", *COMMON, *extra, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert len(a) == len(b) == 6 and a[-1] < a[0]
+    # (not "the loss fell in 6 steps": the corpus's trained vocabulary differs from process to process, and
+    # with it whether 6 warm-up steps lower the loss; seen both ways. That the runs train: weights move.)
+    assert len(a) == len(b) == 6
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (a, b)
     # rank 0 alone logs and writes: one line a step, one set of checkpoints, no stray temporary folder
     assert sum(line.startswith("pre-training on") for line in two.stdout.splitlines()) == 1
@@ -228,6 +230,8 @@ def test_torchrun_two_ranks_equal_one_process(corpus_dir, tmp_path, mode):
     reference = bertfast.BertForPreTraining.from_pretrained(tmp_path / "one").state_dict()
     for k in reference:
         torch.testing.assert_close(weights[k], reference[k], rtol=1e-4, atol=1e-5)
+    halfway = bertfast.BertForPreTraining.from_pretrained(tmp_path / "two" / "checkpoint-3").state_dict()
+    assert max((weights[k] - halfway[k]).abs().max().item() for k in halfway) > 1e-4  # steps 4-6 trained
 
 
 def test_resume_equals_an_uninterrupted_run(corpus_dir, tmp_path):
