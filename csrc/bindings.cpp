@@ -30,4 +30,12 @@ PYBIND11_MODULE(_C, m) {
     const bertfast::ForwardLaunch cfg = bertfast::embedding_forward_launch(tokens, hidden, elem_size, aligned);
     return std::make_tuple(cfg.vec, cfg.threads_x, cfg.threads_y, cfg.blocks);
   }, "(vec, threads_x, threads_y, blocks) of the CUDA embedding forward, as its launcher computes them.");
+#ifdef BERTFAST_WITH_CUDA
+  m.def("leave_pending_launch_error", [] { bertfast::leave_pending_launch_error(); },
+        "For tests: make a launch fail without reading its error, which the runtime then holds pending.");
+  m.def("take_last_error", [] {
+    const char* error = bertfast::take_last_error();
+    return std::string(error == nullptr ? "" : error);
+  }, "For tests: the CUDA runtime's pending error ('' when none), cleared.");
+#endif
 }

@@ -27,6 +27,10 @@ const char* embedding_sum_forward_cuda(DType dtype, const int64_t* ids, int64_t 
                                        int64_t type_len, const int64_t* position_ids, int64_t pos_len,
                                        const void* word, const void* type, const void* position, void* out,
                                        int64_t tokens, int64_t hidden, int device, void* stream);
+// For tests: leave a failed launch's error pending in the runtime, as a careless third-party launch would;
+// read and clear the runtime's pending error (nullptr when none).
+const char* leave_pending_launch_error();
+const char* take_last_error();
 #endif
 
 }  // namespace bertfast

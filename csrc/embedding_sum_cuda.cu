@@ -18,6 +18,43 @@ template <> __device__ __forceinline__ float from_float<float>(float x) { return
 template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// Makes `device` current for the launch and gives the caller's device back afterwards, as
+// c10::cuda::CUDAGuard does (its header needs the CUDA build of Torch; this file needs only the runtime).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    error_ = cudaGetDevice(&previous_);
+    if (error_ == cudaSuccess && previous_ != device) {
+      error_ = cudaSetDevice(device);
+      restore_ = error_ == cudaSuccess;
+    }
+  }
+  ~DeviceGuard() {
+    if (restore_) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+  cudaError_t error() const { return error_; }
+
+ private:
+  int previous_ = 0;
+  bool restore_ = false;
+  cudaError_t error_ = cudaSuccess;
+};
+
+// Launches through cudaLaunchKernelEx, whose return value is this launch's own status (a bad
+// configuration, no kernel image for the device); cudaGetLastError after a <<<>>> launch can instead
+// report an earlier, unrelated error left pending by someone else's launch.
+template <typename... Params, typename... Args>
+cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, kernel, args...);
+}
+
 // VEC elements of T moved as one aligned load/store (16 bytes when VEC * sizeof(T) == 16).
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Vec {
@@ -65,25 +102,35 @@ const char* launch_forward(const int64_t* ids, int64_t ids_len, const int64_t* t
   const ForwardLaunch cfg = embedding_forward_launch(tokens, hidden, sizeof(T), aligned);
   dim3 block(cfg.threads_x, cfg.threads_y);
   dim3 grid((unsigned)cfg.blocks);
-  if (cfg.vec == kVec)
-    forward_kernel<T, kVec><<<grid, block, 0, stream>>>(ids, ids_len, type_ids, type_len, pos_ids, pos_len, w, y, p,
-                                                         o, tokens, hidden);
-  else
-    forward_kernel<T, 1><<<grid, block, 0, stream>>>(ids, ids_len, type_ids, type_len, pos_ids, pos_len, w, y, p, o,
-                                                      tokens, hidden);
-  cudaError_t err = cudaGetLastError();
+  const cudaError_t err =
+      cfg.vec == kVec ? launch(forward_kernel<T, kVec>, grid, block, stream, ids, ids_len, type_ids, type_len, pos_ids,
+                               pos_len, w, y, p, o, tokens, hidden)
+                      : launch(forward_kernel<T, 1>, grid, block, stream, ids, ids_len, type_ids, type_len, pos_ids,
+                               pos_len, w, y, p, o, tokens, hidden);
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
+__global__ void empty_kernel() {}
+
 }  // namespace
+
+const char* leave_pending_launch_error() {
+  empty_kernel<<<1, 4096>>>();  // more threads a block than any GPU takes: the launch fails, nobody reads it
+  return nullptr;
+}
+
+const char* take_last_error() {
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
 
 const char* embedding_sum_forward_cuda(DType dtype, const int64_t* ids, int64_t ids_len, const int64_t* type_ids,
                                        int64_t type_len, const int64_t* position_ids, int64_t pos_len,
                                        const void* word, const void* type, const void* position, void* out,
                                        int64_t tokens, int64_t hidden, int device, void* stream_ptr) {
-  cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess) return cudaGetErrorString(err);
   if (tokens == 0) return nullptr;
+  DeviceGuard guard(device);  // the tensors' device, the caller's current one restored on return
+  if (guard.error() != cudaSuccess) return cudaGetErrorString(guard.error());
   auto stream = static_cast<cudaStream_t>(stream_ptr);
 #define BERTFAST_FORWARD(T) \
   launch_forward<T>(ids, ids_len, type_ids, type_len, position_ids, pos_len, word, type, position, out, tokens, hidden, stream)

@@ -77,10 +77,15 @@ def test_fast_erf_over_every_input(dtype):
     tail, where fp32 intermediates are subnormal) within 1e-30; the derivative also within 2**-22
     absolute near its zero at x = -0.75, where Φ and x·φ cancel (0.23 - 0.23): the erf approximation's
     own error."""
+    check_every_input(dtype, "cpu")
+
+
+def check_every_input(dtype, device):
+    """test_fast_erf_over_every_input's check on `device` (tests/test_gpu_risks.py runs it on CUDA)."""
     import math
 
-    x = _every_finite(dtype).requires_grad_()
-    y = ops.fused_bias_gelu(x[None], torch.zeros(x.shape[0], dtype=dtype))[0]
+    x = _every_finite(dtype).to(device).requires_grad_()
+    y = ops.fused_bias_gelu(x[None], torch.zeros(x.shape[0], dtype=dtype, device=device))[0]
     (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
     x32 = x.detach().float().requires_grad_()
     torch_y = torch.nn.functional.gelu(x32)
@@ -89,8 +94,8 @@ def test_fast_erf_over_every_input(dtype):
     cdf = 0.5 * torch.special.erfc(-xd / math.sqrt(2))
     exact_y = xd * cdf
     exact_grad = cdf + xd * torch.exp(-0.5 * xd * xd) / math.sqrt(2 * math.pi)
-    for name, got, theirs, exact, floor in (("gelu", y, torch_y, exact_y, 1e-30),
-                                            ("gelu'", dx, torch_dx, exact_grad, 2**-22)):
+    for name, got, theirs, exact, floor in (("gelu", y.cpu(), torch_y.cpu(), exact_y.cpu(), 1e-30),
+                                            ("gelu'", dx.cpu(), torch_dx.cpu(), exact_grad.cpu(), 2**-22)):
         err = _ulps(got, exact, dtype)
         abs_err = (got.double() - exact).abs()
         ok = (err <= 1.5) | (abs_err <= (theirs.to(dtype).double() - exact).abs()) | (abs_err <= floor)

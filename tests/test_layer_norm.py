@@ -29,18 +29,20 @@ def inputs(rows, n, dtype, device="cpu", residual=True, affine=True, seed=0):
     return x, r, w, b
 
 
-def check(rows, n, dtype=torch.float32, device="cpu", residual=True, affine=True, p=0.0, seed=1234):
+def check(rows, n, dtype=torch.float32, device="cpu", residual=True, affine=True, p=0.0, seed=1234,
+          ref_dtype=torch.float32):
     x, r, w, b = inputs(rows, n, dtype, device, residual, affine)
     leaves = [t for t in (x, r, w, b) if t is not None]
     y = ops.fused_residual_layer_norm(x, r, w, b, 1e-12, dropout_p=p, training=p > 0, seed=seed)
     dy = torch.randn(rows, n, generator=torch.Generator().manual_seed(5)).to(device=device, dtype=dtype)
     grads = torch.autograd.grad(y, leaves, dy)
     mask = dropout_keep_mask(rows, n, p, seed, device) if p > 0 else None
-    ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
+    ref_leaves = [t.detach().to(ref_dtype).requires_grad_() for t in leaves]
     it = iter(ref_leaves)
     xr, rr, wr, br = next(it), next(it) if residual else None, next(it) if affine else None, next(it) if affine else None
     yr = residual_layer_norm_ref(xr, rr, wr, br, 1e-12, dropout_mask=mask, dropout_scale=keep_scale(p))
-    ref_grads = torch.autograd.grad(yr, ref_leaves, dy.float())
+    ref_grads = [g.float() for g in torch.autograd.grad(yr, ref_leaves, dy.to(ref_dtype))]
+    yr = yr.float()
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else LOW_TOL[dtype]
     assert y.dtype == dtype
     torch.testing.assert_close(y.float(), yr, **tol)
@@ -72,15 +74,20 @@ def test_realistic_eps_on_near_constant_rows(eps):
     inputs: the fp32 statistics of such rows are good to ~1e-6 relative (an offset of 0.01 keeps the
     rounding of the inputs far below their spread), so 1e-5 on the O(1) normalised values and gradients
     (dweight/dbias sum 9 rows)."""
+    check_near_constant_rows(eps, "cpu")
+
+
+def check_near_constant_rows(eps, device):
+    """test_realistic_eps_on_near_constant_rows on `device` (tests/test_gpu_risks.py runs it on CUDA)."""
     g = torch.Generator().manual_seed(11)
-    x = (0.01 + 1e-3 * torch.randn(9, 768, generator=g)).requires_grad_()
-    r = (1e-3 * torch.randn(9, 768, generator=g)).requires_grad_()
-    w, b = torch.randn(768, generator=g).requires_grad_(), torch.randn(768, generator=g).requires_grad_()
+    x = (0.01 + 1e-3 * torch.randn(9, 768, generator=g)).to(device).requires_grad_()
+    r = (1e-3 * torch.randn(9, 768, generator=g)).to(device).requires_grad_()
+    w, b = (torch.randn(768, generator=g).to(device).requires_grad_() for _ in range(2))
     y = ops.fused_residual_layer_norm(x, r, w, b, eps)
     leaves64 = [t.detach().double().requires_grad_() for t in (x, r, w, b)]
     ref = torch.nn.functional.layer_norm(leaves64[0] + leaves64[1], (768,), leaves64[2], leaves64[3], eps)
     torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
-    dy = torch.randn(9, 768, generator=g)
+    dy = torch.randn(9, 768, generator=g).to(device)
     got = torch.autograd.grad(y, (x, r, w, b), dy)
     want = torch.autograd.grad(ref, leaves64, dy.double())
     for name, a, b_ in zip("xrwb", got, want):
@@ -100,6 +107,33 @@ def test_low_precision_with_fp32_weights(dtype):
 @pytest.mark.parametrize("residual", [True, False])
 def test_dropout_matches_reference_with_the_kernels_mask(residual):
     check(7, 1000, residual=residual, p=0.3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_hidden_below_one_dropout_group(n):
+    """Hidden 1-8 with dropout: fewer columns than the 8 lanes of one Philox call (the block is one group).
+    The reference in float64: at n = 1 the normalised value is exactly 0 and eps = 1e-12 makes rstd 1e6,
+    so an fp32 reference's rounding of h - mean (~1e-8) shows as 1e-2 in dweight."""
+    check(7, n, p=0.3, ref_dtype=torch.float64)
+    check(3, n, residual=False, p=0.3, ref_dtype=torch.float64)
+
+
+@pytest.mark.parametrize("tiles", ["interpreter", "gpu"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_wide_rows_with_dropout(monkeypatch, tiles, residual):
+    """Hidden 8,192: the backward works in chunks (launch.WIDE_ROW), 256 columns under the interpreter's tiles,
+    2,048 under the GPU's; more rows than programs, so a program's partial row is accumulated over rows."""
+    monkeypatch.setenv("BERTFAST_GPU_TILES", "1" if tiles == "gpu" else "0")
+    check(9, 8192, residual=residual, p=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", [384, 768, 1000, 2048])
+def test_gpu_tile_configurations(monkeypatch, dtype, n):
+    """The tiles a GPU launches (BERTFAST_GPU_TILES=1: two rows a forward program, one a backward step, 4 or 5
+    persistent programs an SM by dtype; one row of up to 16 warps past 1,024 columns) under the interpreter."""
+    monkeypatch.setenv("BERTFAST_GPU_TILES", "1")
+    check(13, n, dtype, p=0.1)
 
 
 def test_dropout_properties():
@@ -145,8 +179,9 @@ def test_bad_arguments():
 
 def test_opcheck():
     x, r, w, b = inputs(5, 40, torch.float32)
-    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, r, w, b, 1e-5, 0.0, 0))
-    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, None, w, b, 1e-5, 0.2, 3))
+    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, r, w, b, 1e-5, 0.0, None))
+    seed = torch.tensor([3])  # the kernels read it from memory (ops/_seed.py)
+    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, None, w, b, 1e-5, 0.2, seed))
 
 
 def test_nn_module_state_dict_is_layer_norms():
@@ -157,7 +192,7 @@ def test_nn_module_state_dict_is_layer_norms():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n", [384, 768, 1000, 1024, 4096])
+@pytest.mark.parametrize("n", [1, 5, 8, 384, 768, 1000, 1024, 4096, 8192, 16384])
 def test_cuda(dtype, n):
     check(1023, n, dtype, device="cuda")
     check(1023, n, dtype, device="cuda", p=0.1)

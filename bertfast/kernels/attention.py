@@ -18,15 +18,22 @@ import triton
 import triton.language as tl
 
 from bertfast.kernels import dropout
+from bertfast.kernels.launch import on_tensor_device
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _program_sequence(CU, H, S, VARLEN: tl.constexpr):
-    """This program's (batch*head, batch, head) from grid axis 1, and its sequence's first token and
-    length (packed: from cu_seqlens; padded: 0 and S)."""
-    bh = tl.program_id(1)
+def _program_sequence(CU, H, S, BLOCK: tl.constexpr, VARLEN: tl.constexpr):
+    """This program's block of BLOCK rows (queries or keys) in its sequence, its (batch*head, batch, head),
+    and its sequence's first token and length (packed: from cu_seqlens; padded: 0 and S). The grid is
+    one axis of cdiv(S, BLOCK) * batch * heads programs, a head's blocks consecutive (as axis 0 of a 2-D
+    grid would be): CUDA caps grid axes 1 and 2 at 65,535, which batch * heads passes (5,462 packed
+    sequences x 12 heads), and axis 0 at 2**31 - 1 (grid_1d checks it)."""
+    blocks = tl.cdiv(S, BLOCK)
+    pid = tl.program_id(0)
+    block = pid % blocks
+    bh = pid // blocks
     b = bh // H
     h = bh % H
     if VARLEN:
@@ -35,7 +42,7 @@ def _program_sequence(CU, H, S, VARLEN: tl.constexpr):
     else:
         start = 0
         seqlen = S
-    return bh, b, h, start, seqlen
+    return block, bh, b, h, start, seqlen
 
 
 @triton.jit
@@ -96,15 +103,15 @@ def _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK: tl.constexpr):
     return valid
 
 
-@triton.jit(do_not_specialize=["seed", "S", "lse_stride_h"])
-def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, threshold, drop_scale, seed,
+@triton.jit(do_not_specialize=["S", "lse_stride_h"])
+def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, threshold, drop_scale, SEED,
                          stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
                          lse_stride_b, lse_stride_h, H, S,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                          VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                          DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
+    pid_m, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_M, VARLEN)
+    seed = dropout.load_seed(SEED, HAS_DROPOUT)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, HEAD_DIM)
     if pid_m * BLOCK_M < seqlen:
@@ -147,8 +154,7 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, threshold, drop_sc
 def attention_bwd_preprocess_kernel(O, DO, DELTA, CU, o_stride_b, o_stride_s, o_stride_h, lse_stride_b, lse_stride_h,
                                     H, S, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr):
     """delta[row] = sum_d dO * O (fp32), laid out as the log-sum-exp. dO shares O's strides."""
-    pid_m = tl.program_id(0)
-    bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
+    pid_m, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_M, VARLEN)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, HEAD_DIM)
     row_ok = rows < seqlen
@@ -158,8 +164,8 @@ def attention_bwd_preprocess_kernel(O, DO, DELTA, CU, o_stride_b, o_stride_s, o_
     tl.store(DELTA + _stats_base(b, h, start, lse_stride_b, lse_stride_h) + rows, tl.sum(o * do, 1), mask=row_ok)
 
 
-@triton.jit(do_not_specialize=["seed", "S", "lse_stride_h"])
-def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, seed,
+@triton.jit(do_not_specialize=["S", "lse_stride_h"])
+def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, SEED,
                               stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
                               lse_stride_b, lse_stride_h, H, S,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -167,8 +173,8 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
                               DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     """One program per (block of BLOCK_N keys, batch*head), looping over blocks of BLOCK_M queries, all in
     the transposed frame ([keys, queries] tiles). DK/DV share K's strides; DO shares O's."""
-    pid_n = tl.program_id(0)
-    bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
+    pid_n, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_N, VARLEN)
+    seed = dropout.load_seed(SEED, HAS_DROPOUT)
     if pid_n * BLOCK_N < seqlen:
         key0 = pid_n * BLOCK_N
         cols = key0 + tl.arange(0, BLOCK_N)
@@ -207,16 +213,16 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
         _store_tile(DV, base, cols, col_ok, stride_s, dims, dv)
 
 
-@triton.jit(do_not_specialize=["seed", "S", "lse_stride_h"])
-def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, seed,
+@triton.jit(do_not_specialize=["S", "lse_stride_h"])
+def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, SEED,
                             stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
                             lse_stride_b, lse_stride_h, H, S,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                             VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                             DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     """One program per (query block, batch*head): loops over all key blocks. DQ shares Q's strides."""
-    pid_m = tl.program_id(0)
-    bh, b, h, start, seqlen = _program_sequence(CU, H, S, VARLEN)
+    pid_m, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_M, VARLEN)
+    seed = dropout.load_seed(SEED, HAS_DROPOUT)
     if pid_m * BLOCK_M < seqlen:
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, HEAD_DIM)
@@ -288,8 +294,22 @@ def lse_shape(q, cu_seqlens) -> tuple[int, int]:
     return q.shape[0] * q.shape[1], q.shape[2]
 
 
-def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed: int):
-    """q, k, v canonical (see _grid_args), sharing strides. Returns (out like q, lse fp32 (lse_shape))."""
+def _grid(seq: int, block: int, batch_heads: int, what: str) -> tuple[int]:
+    """The one-axis grid of _program_sequence: cdiv(seq, block) programs for each batch * head."""
+    from bertfast.kernels.launch import grid_1d
+
+    return grid_1d(triton.cdiv(seq, block) * batch_heads, what)
+
+
+def _seed_arg(seed, dummy):
+    """The seed tensor the kernels read (int64 [1] on the device), or a placeholder without dropout."""
+    return seed if seed is not None else dummy
+
+
+@on_tensor_device
+def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed):
+    """q, k, v canonical (see _grid_args), sharing strides; seed: int64 [1] on q's device (with p > 0).
+    Returns (out like q, lse fp32 (lse_shape))."""
     import torch
 
     batch, heads, seq, head_dim, flags, cfg, dummy, lse_strides = _common(q, mask, cu_seqlens, max_seqlen)
@@ -299,18 +319,18 @@ def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, 
     o_stride_h, o_stride_b, o_stride_s = _grid_args(out, flags["VARLEN"])
     if batch * heads == 0 or seq == 0:
         return out.zero_(), lse
-    grid = (triton.cdiv(seq, cfg.fwd_m), batch * heads)
-    attention_fwd_kernel[grid](
+    attention_fwd_kernel[_grid(seq, cfg.fwd_m, batch * heads, "attention")](
         q, k, v, out, lse, mask if mask is not None else dummy, cu_seqlens if cu_seqlens is not None else dummy,
-        scale, dropout.threshold(p), dropout.keep_scale(p), seed, stride_b, stride_s, stride_h, o_stride_b,
-        o_stride_s, o_stride_h, mask.stride(0) if mask is not None else 0, *lse_strides, heads, seq,
+        scale, dropout.threshold(p), dropout.keep_scale(p), _seed_arg(seed, dummy), stride_b, stride_s, stride_h,
+        o_stride_b, o_stride_s, o_stride_h, mask.stride(0) if mask is not None else 0, *lse_strides, heads, seq,
         BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n, HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags,
         **cfg.options("fwd"))
     return out, lse
 
 
-def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed: int):
-    """do shares out's strides. Returns (dq, dk, dv) with q's strides."""
+@on_tensor_device
+def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed):
+    """do shares out's strides; seed as in attention_forward. Returns (dq, dk, dv) with q's strides."""
     import torch
 
     batch, heads, seq, head_dim, flags, cfg, dummy, lse_strides = _common(q, mask, cu_seqlens, max_seqlen)
@@ -321,16 +341,16 @@ def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int,
     o_stride_h, o_stride_b, o_stride_s = _grid_args(out, flags["VARLEN"])
     delta = torch.empty_like(lse)
     cu = cu_seqlens if cu_seqlens is not None else dummy
-    attention_bwd_preprocess_kernel[(triton.cdiv(seq, 64), batch * heads)](
+    attention_bwd_preprocess_kernel[_grid(seq, 64, batch * heads, "attention backward")](
         out, do, delta, cu, o_stride_b, o_stride_s, o_stride_h, *lse_strides, heads, seq, BLOCK_M=64,
         HEAD_DIM=head_dim, VARLEN=flags["VARLEN"])
-    common = (mask if mask is not None else dummy, cu, scale, dropout.threshold(p), dropout.keep_scale(p), seed,
-              stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h,
+    common = (mask if mask is not None else dummy, cu, scale, dropout.threshold(p), dropout.keep_scale(p),
+              _seed_arg(seed, dummy), stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h,
               mask.stride(0) if mask is not None else 0, *lse_strides, heads, seq)
-    attention_bwd_dkdv_kernel[(triton.cdiv(seq, cfg.dkdv_keys), batch * heads)](
+    attention_bwd_dkdv_kernel[_grid(seq, cfg.dkdv_keys, batch * heads, "attention backward")](
         q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
         HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))
-    attention_bwd_dq_kernel[(triton.cdiv(seq, cfg.dq_queries), batch * heads)](
+    attention_bwd_dq_kernel[_grid(seq, cfg.dq_queries, batch * heads, "attention backward")](
         q, k, v, do, dq, lse, delta, *common, BLOCK_M=cfg.dq_queries, BLOCK_N=cfg.dq_keys, HEAD_DIM=head_dim,
         HAS_DROPOUT=p > 0, **flags, **cfg.options("dq"))
     return dq, dk, dv

@@ -13,7 +13,7 @@ in a fixed order into dbias, in the bias dtype.
 import triton
 import triton.language as tl
 
-from bertfast.kernels.launch import column_reduction_config, elementwise_config
+from bertfast.kernels.launch import column_reduction_config, elementwise_config, on_tensor_device
 from bertfast.kernels.reduce import column_sums
 
 SQRT_HALF = tl.constexpr(0.7071067811865476)
@@ -100,6 +100,7 @@ def _fast_erf(x, approximate: str) -> bool:
     return approximate == "none" and x.dtype in (torch.float16, torch.bfloat16)
 
 
+@on_tensor_device
 def bias_gelu_forward(x, bias, approximate: str):
     import torch
 
@@ -112,6 +113,7 @@ def bias_gelu_forward(x, bias, approximate: str):
     return y
 
 
+@on_tensor_device
 def bias_gelu_backward(dy, x, bias, approximate: str):
     import torch
 

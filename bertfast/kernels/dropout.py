@@ -1,19 +1,34 @@
 """Dropout masks from a counter-based generator, cheap enough for every training step (p = 0.1 in BERT).
 
 One Philox4x32 call of 7 rounds (flash-attention's Triton LayerNorm uses 7; Triton's tl.rand runs 10 and
-keeps 32 of its 128 bits) gives 128 random bits, and they feed LANES = 8 elements with 16 bits each.
-Element (row, col) of stream `stream` takes lane col % 8 of
+keeps 32 of its 128 bits) gives four 32-bit words w0..w3, and they feed LANES = 8 elements with 16 bits
+each: the low half (w & 0xFFFF) or the high half (w >> 16) of one word. The call for element (row, col)
+of stream `stream` is
 
-    philox(seed, c0 = col // 8, c1 = row, c2 = stream, c3 = 0)
+    philox(seed, c0 = group, c1 = row, c2 = stream, c3 = 0), key = (seed & 0xFFFFFFFF, seed >> 32)
 
 so every element has its own 16 bits for any row, column and stream below 2**32 (no counter overflow),
-and forward and backward kernels that name the same (seed, row, col, stream) draw the same mask.
+and forward and backward kernels that name the same (seed, row, col, stream) draw the same mask. Which
+16 bits an element takes (the two groupings; tests/philox_reference.py computes both independently):
+
+  row tiles (random_bits: LayerNorm)      group = col // 8, and l = col % 8 takes
+                                          word 2 (l % 2) + (l // 2) % 2, half l // 4:
+                                          l = 0..7 -> w0 lo, w2 lo, w1 lo, w3 lo, w0 hi, w2 hi, w1 hi, w3 hi
+  accumulator fragments (fragment_keep:   col = 32 a + 8 j + 2 c + e takes group 4 a + c, word j, half e
+  attention's P)
+
 An element is kept when its 16 bits are >= threshold(p) = round(p * 65536): the kept probability is
 exactly 1 - threshold / 65536, and kept values are scaled by keep_scale(p), its inverse, so the
 expectation of the output equals the input's (the dropout rate differs from p by at most 2**-17).
+
+The seed is read by the kernels from device memory (load_seed: one int64), never passed as a launch
+argument: the ops draw it on the tensors' device from torch's generator (bertfast.ops._seed), so a
+CUDA graph replays the draw and each replay gets a new seed, as torch's own dropout does.
 """
 import triton
 import triton.language as tl
+
+from bertfast.kernels.launch import device_guard
 
 ROUNDS = tl.constexpr(7)
 LANES = tl.constexpr(8)
@@ -31,6 +46,15 @@ def keep_scale(p: float) -> float:
 
 
 @triton.jit
+def load_seed(SEED, HAS_DROPOUT: tl.constexpr):
+    """The dropout seed (int64) the op wrote to SEED on the device; 0 without dropout (SEED unread)."""
+    seed = tl.zeros((), tl.int64)
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
+    return seed
+
+
+@triton.jit
 def _lanes(word):
     """[..., G] uint32 -> [..., G, 2]: its low and high 16 bits."""
     return tl.join(word & 0xFFFF, word >> 16)
@@ -39,7 +63,8 @@ def _lanes(word):
 @triton.jit
 def random_bits(seed, rows, col0, stream, BLOCK_N: tl.constexpr):
     """16 random bits (as uint32 in [0, 65536)) for each element of columns col0 .. col0 + BLOCK_N - 1
-    of `rows` (a scalar: [BLOCK_N]; a [BLOCK_M] block: [BLOCK_M, BLOCK_N]). col0 must be a multiple of 8."""
+    of `rows` (a scalar: [BLOCK_N]; a [BLOCK_M] block: [BLOCK_M, BLOCK_N]). col0 must be a multiple of 8,
+    BLOCK_N a multiple of 8 (at least one whole group: launch.layer_norm_config's block is)."""
     groups = col0 // LANES + tl.arange(0, BLOCK_N // LANES)
     if len(rows.shape) == 0:
         c0 = groups
@@ -48,11 +73,14 @@ def random_bits(seed, rows, col0, stream, BLOCK_N: tl.constexpr):
         c0 = groups[None, :]
         c1 = rows[:, None]
     r0, r1, r2, r3 = tl.philox(seed, c0, c1, stream, 0, ROUNDS)
-    # [..., G, 2, 2, 2] -> [..., G * 8]: lane l of group g is column 8 g + l.
+    # tl.join stacks on a new last axis: [..., G, half, w0/w1 or w2/w3, pair] -> [..., G * 8], whose
+    # row-major order is column 8 g + 4 half + 2 (word % 2) + word // 2 (the table in the docstring).
     bits = tl.join(tl.join(_lanes(r0), _lanes(r1)), tl.join(_lanes(r2), _lanes(r3)))
-    if len(rows.shape) == 0:
-        return tl.reshape(bits, (BLOCK_N,))
-    return tl.reshape(bits, (rows.shape[0], BLOCK_N))
+    if len(rows.shape) == 0:  # (one return: the compiler visits code after a static if's return)
+        out = tl.reshape(bits, (BLOCK_N,))
+    else:
+        out = tl.reshape(bits, (rows.shape[0], BLOCK_N))
+    return out
 
 
 @triton.jit
@@ -67,7 +95,8 @@ def fragment_keep(seed, rows, col0, stream, threshold, BLOCK_N: tl.constexpr):
     [len(rows), BLOCK_N] bool, col0 a multiple of 32. Column k = 32a + 8j + 2c + e belongs to group
     4a + c and takes lane 2j + e (16 bits each; kept when >= threshold). On sm_90 a thread's wgmma
     accumulator fragment holds, per row, the columns 8j + 2c + e for one c and all j, e: so each thread
-    owns whole groups and the mask is made in place, with no exchange between threads."""
+    of a forward or dQ kernel owns whole groups of its P tile. (The dK/dV kernel works in the transposed
+    frame, where the mask is converted between layouts: its keys are the accumulator's rows.)"""
     A: tl.constexpr = BLOCK_N // 32
     groups = (col0 // 32 + tl.arange(0, A))[:, None] * 4 + tl.arange(0, 4)[None, :]  # [A, 4 (c)]
     r0, r1, r2, r3 = tl.philox(seed, groups[None, :, :], rows[:, None, None], stream, 0, ROUNDS)
@@ -101,6 +130,7 @@ def keep_mask(rows: int, n: int, p: float, seed: int, stream: int = 0, device="c
     keep = torch.empty((rows, n), dtype=torch.int8, device=device)
     block_m, block_n = 16, 64
     if rows and n:
-        keep_mask_kernel[(triton.cdiv(rows, block_m), triton.cdiv(n, block_n))](
-            keep, rows, n, threshold(p), seed, stream, BLOCK_M=block_m, BLOCK_N=block_n, FRAGMENT=fragment)
+        with device_guard(keep):
+            keep_mask_kernel[(triton.cdiv(rows, block_m), triton.cdiv(n, block_n))](
+                keep, rows, n, threshold(p), seed, stream, BLOCK_M=block_m, BLOCK_N=block_n, FRAGMENT=fragment)
     return keep.bool()

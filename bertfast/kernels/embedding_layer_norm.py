@@ -4,7 +4,7 @@ LayerNorm forward's tile, bertfast.kernels.launch.layer_norm_config)."""
 import triton
 import triton.language as tl
 
-from bertfast.kernels.launch import layer_norm_config
+from bertfast.kernels.launch import layer_norm_config, on_tensor_device
 from bertfast.kernels.layer_norm import normalise_rows
 
 
@@ -26,6 +26,7 @@ def embedding_layer_norm_fwd_kernel(IDS, TYPE_IDS, POS_IDS, WORD, TYPE, POS, W, 
     tl.store(Y + rows[:, None].to(tl.int64) * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
+@on_tensor_device
 def embedding_layer_norm_forward(ids, type_ids, pos_ids, word, type_, pos, weight, bias, eps: float):
     import torch
 

@@ -21,6 +21,8 @@ the rows kernel rounds to the tables' dtype.
 import triton
 import triton.language as tl
 
+from bertfast.kernels.launch import on_tensor_device
+
 PIECE = 16  # sorted entries per program of the pieces kernel
 BLOCK_H = 256  # hidden columns per program (one warp, 8 values a thread: 128-bit loads)
 ROWS = 32  # table rows per program of the rows kernel
@@ -182,6 +184,7 @@ def embedding_rows_kernel(WORD, TYPE, POS, SLOTS, RUN_START, RUN_END, SMALL, R, 
         tl.store(_row_start(WORD, TYPE, POS, row, H, V, TYPE_ROWS) + cols, acc.to(WORD.dtype.element_ty), mask=col_ok)
 
 
+@on_tensor_device
 def embedding_backward(grad, ids, type_ids, pos_ids, rows: tuple[int, int, int], padding_idx: int,
                        deterministic: bool):
     """(word, type, position) table gradients in grad's dtype. grad: [T, H] contiguous; ids, type_ids,

@@ -1,6 +1,8 @@
 """Launch settings for every kernel, in one place."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
@@ -13,6 +15,55 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def gpu_tiles() -> bool:
+    """Whether the GPU's tile configurations are used: always when compiled for a GPU; under the
+    interpreter only with BERTFAST_GPU_TILES=1 (tests that run the GPU tiles on the CPU)."""
+    return not interpreted() or os.environ.get("BERTFAST_GPU_TILES", "0") == "1"
+
+
+# CUDA's grid limits: axis 0 up to 2**31 - 1 programs, axes 1 and 2 up to 65,535 (Triton checks neither).
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_YZ = 65535
+
+
+def grid_1d(programs: int, what: str) -> tuple[int]:
+    """A one-axis grid of `programs` programs, refused with a clear error past CUDA's limit."""
+    if programs > MAX_GRID_X:
+        raise ValueError(f"{what} needs {programs} programs, more than the {MAX_GRID_X} a CUDA grid holds")
+    return (programs,)
+
+
+# Inside bertfast.kernels.trace.gpu_trace, meta tensors stand for CUDA tensors: this is then the guard
+# the trace records (set by the trace; None otherwise).
+_TRACE_GUARD = None
+
+
+def device_guard(t):
+    """The context a launch for tensor t runs in: t's CUDA device made current. Triton launches on the
+    current device and its current stream, not on the tensors' device: without this, tensors on cuda:1
+    while cuda:0 is current are read through the wrong device's addresses."""
+    if t.device.type == "cuda":
+        import torch
+
+        return torch.cuda.device(t.device)
+    if t.device.type == "meta" and _TRACE_GUARD is not None:
+        return _TRACE_GUARD(t)
+    return contextlib.nullcontext()
+
+
+def on_tensor_device(launcher):
+    """Decorator: run a kernel launcher under device_guard of its first tensor argument (all of a
+    launcher's tensors share one device: the ops check it)."""
+    import torch
+
+    @functools.wraps(launcher)
+    def run(*args, **kwargs):
+        t = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+        with device_guard(t):
+            return launcher(*args, **kwargs)
+    return run
+
+
 def row_config(n: int, elem_bytes: int = 4) -> tuple[int, int]:
     """(BLOCK_N, num_warps) for kernels that keep one whole row of n elements in registers."""
     if n > MAX_ROW:
@@ -22,10 +73,8 @@ def row_config(n: int, elem_bytes: int = 4) -> tuple[int, int]:
     return block, warps
 
 
-def partials_in_memory(block_n: int) -> bool:
-    """Whether the LayerNorm backward keeps its dweight/dbias partial sums in memory rather than in
-    registers: above 4096 columns holding them spills (see python -m bertfast.kernels.sm90)."""
-    return block_n > 4096
+WIDE_ROW = 4096  # above this many columns the LayerNorm backward works on a row in chunks
+WIDE_CHUNK = 2048  # columns per chunk of those rows
 
 
 @dataclass(frozen=True)
@@ -33,7 +82,7 @@ class LayerNormConfig:
     block_n: int  # columns held per row (the next power of two of the hidden size)
     rows: int  # rows per program (forward) or per step of a persistent program (backward)
     warps: int
-    partials_in_memory: bool = False
+    chunk: int = 0  # backward of rows wider than WIDE_ROW: columns per chunk (0: the whole row at once)
     programs_per_sm: int = 1  # backward: persistent programs per SM (each writes one partial-sum row)
     max_registers: int | None = None  # ptxas' per-thread cap (maxnreg), so that programs_per_sm fit an SM
 
@@ -48,16 +97,22 @@ class LayerNormConfig:
 def layer_norm_config(n: int, elem_bytes: int, backward: bool) -> LayerNormConfig:
     """Tile of the LayerNorm kernels: several rows per program at BERT's sizes (H <= 1024), so the row
     reductions and address math are shared and ~35 KB of loads are in flight per SM (the static model,
-    python -m bertfast.kernels.sm90, holds each choice to its bandwidth goal)."""
+    python -m bertfast.kernels.sm90, holds each choice to its bandwidth goal). The backward of rows wider
+    than WIDE_ROW works in chunks of WIDE_CHUNK columns (a whole row of x, the residual, dy and their
+    fp32 intermediates spilled registers: 96 to 1,984 bytes at 8,192 and 16,384)."""
     block, _ = row_config(n)
-    if interpreted():
-        return LayerNormConfig(block, 2, 1, partials_in_memory(block), 1)
+    block = max(block, 8)  # at least one group of 8 dropout lanes (bertfast.kernels.dropout)
+    chunk = WIDE_CHUNK if backward and block > WIDE_ROW else 0
+    if not gpu_tiles():
+        return LayerNormConfig(block, 2, 1, min(chunk, 256), 1)
+    if chunk:
+        return LayerNormConfig(block, 1, 8, chunk, 4)
     if block <= 1024:
         if backward:  # 4 warps, 8 values a thread (128-bit loads); five programs an SM in 16-bit dtypes
-            return LayerNormConfig(block, 1, 4, False, 5 if elem_bytes == 2 else 4)
+            return LayerNormConfig(block, 1, 4, 0, 5 if elem_bytes == 2 else 4)
         return LayerNormConfig(block, 2, 4)
     warps = max(4, min(16, block // 256))
-    return LayerNormConfig(block, 1, warps, backward and partials_in_memory(block), 2 if backward else 1)
+    return LayerNormConfig(block, 1, warps, 0, 2 if backward else 1)
 
 
 def elementwise_config(n: int) -> tuple[int, int, int]:
@@ -127,13 +182,15 @@ def attention_config(head_dim: int, dtype, seq: int = 512) -> AttentionConfig:
 
     if head_dim not in (16, 32, 64, 128):
         raise ValueError(f"head dimension {head_dim} is not supported by the fused attention (16, 32, 64 or 128)")
-    if interpreted():
+    if not gpu_tiles():
         return AttentionConfig(16, 32, 1, 1, 32, 16, 1, 1, 16, 32, 1, 1)  # keys in steps of 32: the dropout groups
-    if dtype == torch.float32:  # exact fp32 products on CUDA cores: small tiles, eight warps at d = 128
+    if dtype == torch.float32:  # exact fp32 products on CUDA cores: small tiles, eight warps in the forward
+        # (each choice the smallest that compiles without spills: a 4-warp forward took 255 registers and
+        # spilled 16 bytes once the 1-D grid's index arithmetic was added; the d = 128 forward spills under
+        # ptxas' own register choice, 128 there, its dQ kernel under a cap of 128)
         if head_dim <= 64:
-            return AttentionConfig(32, 32, 4, 2, 32, 16, 4, 1, 32, 32, 4, 1)
-        # (ptxas' own register choice spills a few bytes in the forward and dQ kernels: 128 there)
-        return AttentionConfig(16, 32, 8, 2, 32, 16, 8, 1, 16, 32, 8, 1, max_registers=(128, None, 128))
+            return AttentionConfig(32, 32, 8, 2, 32, 16, 4, 1, 32, 32, 4, 1)
+        return AttentionConfig(16, 32, 8, 2, 32, 16, 8, 1, 16, 32, 8, 1, max_registers=(128, None, None))
     if head_dim <= 64:
         return AttentionConfig(128, 64, 4, 3, 64, 64, 4, 2, 64, 64, 4, 2)
     # d = 128: dK/dV accumulators of 128 keys x 128 over two warpgroups (64 keys each hold 128 registers a

@@ -2,8 +2,9 @@
 
 Forward: ROWS rows per program (a [ROWS, BLOCK_N] tile), so the per-row reductions and address math are
 shared and enough bytes are in flight per SM. Backward: a persistent grid, each program walking ROWS rows
-per step and summing dweight/dbias partials in fp32 registers; one partial row per program (allocated
-empty: every program writes its row), then one small kernel sums the partials over programs in a fixed
+per step and summing dweight/dbias partials in fp32 registers (rows wider than launch.WIDE_ROW: one row at
+a time in chunks, the partials in memory); one partial row per program (allocated empty: every program
+writes its row), then one small kernel sums the partials over programs in a fixed
 order (bertfast.kernels.reduce; deterministic, no atomics) and writes dweight/dbias in the parameters'
 dtype.
 
@@ -15,7 +16,7 @@ import triton
 import triton.language as tl
 
 from bertfast.kernels import dropout
-from bertfast.kernels.launch import layer_norm_config, persistent_programs
+from bertfast.kernels.launch import layer_norm_config, on_tensor_device, persistent_programs
 from bertfast.kernels.reduce import column_sums
 
 
@@ -58,8 +59,8 @@ def normalise_rows(h, W, B, cols, mask, N, eps, HAS_WEIGHT: tl.constexpr, HAS_BI
     return y, mean, rstd
 
 
-@triton.jit(do_not_specialize=["M", "seed"])
-def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, threshold, scale, seed,
+@triton.jit(do_not_specialize=["M"])
+def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, threshold, scale, SEED,
                                    BLOCK_N: tl.constexpr, ROWS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                                    HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -67,6 +68,7 @@ def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, thresho
     row_ok = rows < M
     mask = row_ok[:, None] & (cols[None, :] < N)
     x, r = _load_rows(X, R, rows, cols, mask, N, HAS_RESIDUAL)
+    seed = dropout.load_seed(SEED, HAS_DROPOUT)
     h, _ = _dropout_add(x, r, rows, mask, threshold, scale, seed, HAS_RESIDUAL, HAS_DROPOUT, BLOCK_N)
     y, mean, rstd = normalise_rows(h, W, B, cols, mask, N, eps, HAS_WEIGHT, HAS_BIAS)
     tl.store(Y + rows[:, None].to(tl.int64) * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
@@ -74,25 +76,22 @@ def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, thresho
     tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
-@triton.jit(do_not_specialize=["M", "seed"])
+@triton.jit(do_not_specialize=["M"])
 def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, DB_PARTIAL, M, N, threshold, scale,
-                                   seed, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                                   HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, WRITE_DX: tl.constexpr,
-                                   PARTIALS_IN_MEMORY: tl.constexpr):
+                                   SEED, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                                   HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, WRITE_DX: tl.constexpr):
     """DH = d loss / d(dropout(x) + residual) (= the residual's gradient, in the residual's dtype);
     DX = DH through the dropout, in x's dtype (written when WRITE_DX: with dropout, or when x's dtype
     differs from the residual's; otherwise dx is DH itself). Program `pid` sums dy·x̂ and dy over its rows
-    into partial row `pid` of DW_PARTIAL / DB_PARTIAL: in registers, or for the widest rows
-    (PARTIALS_IN_MEMORY, ROWS = 1) in that row of memory, so the row's other values stay in registers."""
+    in registers and writes them to partial row `pid` of DW_PARTIAL / DB_PARTIAL. Rows of up to
+    launch.WIDE_ROW columns (wider ones: residual_layer_norm_bwd_wide_kernel)."""
     pid = tl.program_id(0)
     step = tl.num_programs(0) * ROWS
+    seed = dropout.load_seed(SEED, HAS_DROPOUT)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
     dw = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     db = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
-    if PARTIALS_IN_MEMORY:
-        tl.store(DW_PARTIAL + pid * N + cols, tl.zeros((BLOCK_N,), tl.float32), mask=col_ok)
-        tl.store(DB_PARTIAL + pid * N + cols, tl.zeros((BLOCK_N,), tl.float32), mask=col_ok)
     # Software pipelined: each step loads the next step's rows before working on its own, so two steps'
     # loads are in flight per program (Little's law; see python -m bertfast.kernels.sm90).
     rows = pid * ROWS + tl.arange(0, ROWS)
@@ -107,7 +106,7 @@ def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, 
         next_mask = (next_rows < M)[:, None] & col_ok[None, :]
         next_x, next_r = _load_rows(X, R, next_rows, cols, next_mask, N, HAS_RESIDUAL)
         next_dy = tl.load(DY + next_rows[:, None].to(tl.int64) * N + cols[None, :], mask=next_mask, other=0.0)
-        # The weight is re-read per step (from L1/L2) rather than held: at n = 8192 holding it spills.
+        # The weight is re-read per step (from L1/L2) rather than held in registers.
         if HAS_WEIGHT:
             w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         else:
@@ -129,21 +128,86 @@ def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, 
             else:
                 dx = dh
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
-        if PARTIALS_IN_MEMORY:
-            part = pid * N + cols
-            tl.store(DW_PARTIAL + part, tl.load(DW_PARTIAL + part, mask=col_ok) + tl.sum(dyf * xhat, 0), mask=col_ok)
-            tl.store(DB_PARTIAL + part, tl.load(DB_PARTIAL + part, mask=col_ok) + tl.sum(dyf, 0), mask=col_ok)
-        else:
-            dw += dyf * xhat
-            db += dyf
+        dw += dyf * xhat
+        db += dyf
         x, r, dy = next_x, next_r, next_dy
-    if not PARTIALS_IN_MEMORY:
-        tl.store(DW_PARTIAL + pid * N + cols, tl.sum(dw, 0), mask=col_ok)
-        tl.store(DB_PARTIAL + pid * N + cols, tl.sum(db, 0), mask=col_ok)
+    tl.store(DW_PARTIAL + pid * N + cols, tl.sum(dw, 0), mask=col_ok)
+    tl.store(DB_PARTIAL + pid * N + cols, tl.sum(db, 0), mask=col_ok)
 
 
-def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float, seed: int):
-    """y has the promoted dtype of x and residual (as x + residual would)."""
+@triton.jit
+def _wide_chunk(DY, X, R, W, row, c0, cols, N, mean, rstd, threshold, scale, seed, HAS_RESIDUAL: tl.constexpr,
+                HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, CHUNK: tl.constexpr):
+    """Columns c0 + cols of one row: (offsets, in range, dy in fp32, x̂, w·dy, keep-mask)."""
+    row = tl.cast(row, tl.int32)  # (the interpreter's loop index is a Python int)
+    ok = cols < N
+    offs = row.to(tl.int64) * N + cols
+    x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
+    keep = ok
+    if HAS_DROPOUT:
+        keep = ok & (dropout.random_bits(seed, row, c0, 0, CHUNK) >= threshold)
+        x = tl.where(keep, x * scale, 0.0)
+    if HAS_RESIDUAL:
+        x += tl.load(R + offs, mask=ok, other=0.0).to(tl.float32)
+    xhat = tl.where(ok, (x - mean) * rstd, 0.0)
+    dy = tl.load(DY + offs, mask=ok, other=0.0).to(tl.float32)
+    wdy = dy
+    if HAS_WEIGHT:
+        wdy = dy * tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
+    return offs, ok, dy, xhat, wdy, keep
+
+
+@triton.jit(do_not_specialize=["M"])
+def residual_layer_norm_bwd_wide_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, DB_PARTIAL, M, N, threshold,
+                                        scale, SEED, CHUNK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                                        HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                                        WRITE_DX: tl.constexpr):
+    """The backward of rows wider than registers hold (launch.WIDE_ROW), as residual_layer_norm_bwd_kernel
+    computes it, one row at a time in chunks of CHUNK columns, twice: first the row sums of w·dy·x̂ and
+    w·dy, then dh, dx and this program's dweight/dbias partial row, accumulated in memory. A partial row
+    belongs to one program, whose threads read and write it in layouts of the compiler's choosing: a
+    barrier after each row orders one row's writes before the next row's reads (and the zeroing before
+    the first)."""
+    pid = tl.program_id(0)
+    seed = dropout.load_seed(SEED, HAS_DROPOUT)
+    offs0 = tl.arange(0, CHUNK)
+    for c0 in range(0, N, CHUNK):
+        tl.store(DW_PARTIAL + pid * N + c0 + offs0, tl.zeros((CHUNK,), tl.float32), mask=c0 + offs0 < N)
+        tl.store(DB_PARTIAL + pid * N + c0 + offs0, tl.zeros((CHUNK,), tl.float32), mask=c0 + offs0 < N)
+    tl.debug_barrier()
+    for row in range(pid, M, tl.num_programs(0)):
+        mean = tl.load(MEAN + row)
+        rstd = tl.load(RSTD + row)
+        s1 = tl.zeros((CHUNK,), tl.float32)
+        s2 = tl.zeros((CHUNK,), tl.float32)
+        for c0 in range(0, N, CHUNK):
+            _, _, _, xhat, wdy, _ = _wide_chunk(DY, X, R, W, row, c0, c0 + offs0, N, mean, rstd, threshold, scale,
+                                                seed, HAS_RESIDUAL, HAS_DROPOUT, HAS_WEIGHT, CHUNK)
+            s1 += xhat * wdy
+            s2 += wdy
+        c1 = tl.sum(s1, 0) / N
+        c2 = tl.sum(s2, 0) / N
+        for c0 in range(0, N, CHUNK):
+            cols = c0 + offs0
+            offs, ok, dy, xhat, wdy, keep = _wide_chunk(DY, X, R, W, row, c0, cols, N, mean, rstd, threshold,
+                                                        scale, seed, HAS_RESIDUAL, HAS_DROPOUT, HAS_WEIGHT, CHUNK)
+            dh = (wdy - (xhat * c1 + c2)) * rstd
+            tl.store(DH + offs, dh.to(DH.dtype.element_ty), mask=ok)
+            if WRITE_DX:
+                dx = dh
+                if HAS_DROPOUT:
+                    dx = tl.where(keep, dh * scale, 0.0)
+                tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=ok)
+            part = pid * N + cols
+            tl.store(DW_PARTIAL + part, tl.load(DW_PARTIAL + part, mask=ok, other=0.0) + dy * xhat, mask=ok)
+            tl.store(DB_PARTIAL + part, tl.load(DB_PARTIAL + part, mask=ok, other=0.0) + dy, mask=ok)
+        tl.debug_barrier()
+
+
+@on_tensor_device
+def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float, seed):
+    """y has the promoted dtype of x and residual (as x + residual would); seed: int64 [1] on x's device
+    (read with p > 0)."""
     import torch
 
     m, n = x.shape
@@ -155,7 +219,7 @@ def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float,
         residual_layer_norm_fwd_kernel[(triton.cdiv(m, cfg.rows),)](
             x, residual if residual is not None else x, weight if weight is not None else x,
             bias if bias is not None else x, y, mean, rstd, m, n, eps, dropout.threshold(p), dropout.keep_scale(p),
-            seed, BLOCK_N=cfg.block_n, ROWS=cfg.rows, HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0,
+            seed if seed is not None else x, BLOCK_N=cfg.block_n, ROWS=cfg.rows, HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **cfg.options())
     return y, mean, rstd
 
@@ -164,7 +228,8 @@ def needs_separate_dx(x, residual, p: float) -> bool:
     return p > 0 or (residual is not None and residual.dtype != x.dtype)
 
 
-def residual_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, p: float, seed: int):
+@on_tensor_device
+def residual_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, p: float, seed):
     """Returns (dh, dx, dweight, dbias): dx is dh itself when no separate dx is needed; dweight/dbias are
     in the parameters' dtypes (None without the parameter)."""
     import torch
@@ -180,11 +245,14 @@ def residual_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, p: f
     db_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device)
     dw = torch.empty_like(weight) if weight is not None else None
     db = torch.empty_like(bias) if bias is not None else None
-    residual_layer_norm_bwd_kernel[(programs,)](
-        dy, x, residual if residual is not None else x, weight if weight is not None else x, mean, rstd, dh, dx,
-        dw_partial, db_partial, m, n, dropout.threshold(p), dropout.keep_scale(p), seed, BLOCK_N=cfg.block_n,
-        ROWS=cfg.rows, HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0, HAS_WEIGHT=weight is not None,
-        WRITE_DX=write_dx, PARTIALS_IN_MEMORY=cfg.partials_in_memory, **cfg.options())
+    args = (dy, x, residual if residual is not None else x, weight if weight is not None else x, mean, rstd, dh, dx,
+            dw_partial, db_partial, m, n, dropout.threshold(p), dropout.keep_scale(p), seed if seed is not None else x)
+    flags = dict(HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0, HAS_WEIGHT=weight is not None,
+                 WRITE_DX=write_dx, **cfg.options())
+    if cfg.chunk:
+        residual_layer_norm_bwd_wide_kernel[(programs,)](*args, CHUNK=cfg.chunk, **flags)
+    else:
+        residual_layer_norm_bwd_kernel[(programs,)](*args, BLOCK_N=cfg.block_n, ROWS=cfg.rows, **flags)
     if dw is not None and db is not None:
         column_sums(dw_partial, dw, db_partial, db)
     elif dw is not None or db is not None:

@@ -4,6 +4,8 @@ partial rows in a fixed order and writes them once, in the parameter's dtype."""
 import triton
 import triton.language as tl
 
+from bertfast.kernels.launch import on_tensor_device
+
 
 @triton.jit(do_not_specialize=["P"])  # (P varies with the token count: one binary for all)
 def column_sums_kernel(A, B, OUT_A, OUT_B, P, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_B: tl.constexpr):
@@ -24,6 +26,7 @@ def column_sums_kernel(A, B, OUT_A, OUT_B, P, N, BLOCK_M: tl.constexpr, BLOCK_N:
         tl.store(OUT_B + cols, tl.sum(acc_b, 0).to(OUT_B.dtype.element_ty), mask=col_ok)
 
 
+@on_tensor_device
 def column_sums(a, out_a, b=None, out_b=None) -> None:
     """out_a = a.sum(0) (and out_b = b.sum(0)), in a fixed order, cast to the outputs' dtypes."""
     p, n = a.shape

@@ -173,6 +173,11 @@ def scenarios() -> list[Scenario]:
                                 _layer_norm(TOKENS, hidden, fp32, 0.0, False, fp32, fp32), False))
             out.append(Scenario(f"bias_gelu {model} bf16-autocast", "bias_gelu",
                                 _bias_gelu(TOKENS, inter, amp, fp32), True))
+    for hidden in (8192, 16384):  # the widest rows the LayerNorm takes (launch.MAX_ROW): held to no spills
+        for dname in ("bf16", "fp32"):
+            for p in (0.1, 0.0):
+                out.append(Scenario(f"residual_layer_norm wide-{hidden} {dname} p={p}", "layer_norm",
+                                    _layer_norm(TOKENS, hidden, DTYPES[dname], p, True)))
     return out
 
 
@@ -462,6 +467,13 @@ def _work(launch: Launch, binary: Binary) -> Work:
         rows = a["X"].shape[0]
         reads = _b(a["DY"]) + _b(a["X"]) + (_b(a["R"]) if a["HAS_RESIDUAL"] else 0) + 8 * rows
         writes = _b(a["DH"]) + (_b(a["DX"]) if a["WRITE_DX"] else 0) + 2 * _b(a["DW_PARTIAL"])
+        if name.startswith("residual_layer_norm_bwd_wide"):
+            # rows one at a time in chunks, twice (the second pass re-reads the row, from L2 at best): the
+            # row loop's body holds the chunk loops, counted as running once per trip (Sass.counts), so a
+            # trip here is a row's chunks; the partial row's read-modify-write stays in L1/L2
+            chunks = math.ceil(a["N"] / a["CHUNK"])
+            trips = rows / programs * chunks
+            return Work(reads + writes, trips=trips, in_flight_per_block=reads / rows / chunks)
         rows_per_trip = a["ROWS"]
         trips = rows / (programs * rows_per_trip)
         # The loop loads the next step's rows before working on the current ones: two steps in flight.

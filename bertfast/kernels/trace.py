@@ -41,6 +41,8 @@ class Launch:
     kernel: object = None  # the JITFunction, for triton launches
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
+    # triton launches: made under launch.device_guard of a tensor of the launch (its device current)
+    device_guarded: bool = False
 
     def bound_args(self) -> dict:
         """Every parameter of a Triton kernel by name (positional and keyword, constexprs included)."""
@@ -168,22 +170,38 @@ def gpu_trace(host_int: int = 0, host_copy=None):
     host reads (see the module's docstring)."""
     from triton.runtime.jit import JITFunction
 
+    from bertfast.kernels import launch
+
     events: list[Launch] = []
     original_run = JITFunction.run
+    guarded: list[torch.Tensor] = []  # the tensors whose device_guard is entered, innermost last
+
+    @contextlib.contextmanager
+    def guard(t):
+        guarded.append(t)
+        try:
+            yield
+        finally:
+            guarded.pop()
 
     def record(self, *args, grid, warmup, **kwargs):
         if callable(grid):
             grid = grid(dict(zip([p.name for p in self.params], args)))
         grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
-        events.append(Launch("triton", self.fn.__name__, grid=grid, kernel=self, args=args, kwargs=kwargs))
+        devices = {a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+        ok = bool(guarded) and guarded[-1].device in devices  # the device made current is the launch's
+        events.append(Launch("triton", self.fn.__name__, grid=grid, kernel=self, args=args, kwargs=kwargs,
+                             device_guarded=ok))
 
     JITFunction.run = record
     previous = _backend.set_meta_is_gpu(True)
+    previous_guard, launch._TRACE_GUARD = launch._TRACE_GUARD, guard
     try:
         with _Recorder(events, host_int, host_copy):
             yield events
     finally:
         _backend.set_meta_is_gpu(previous)
+        launch._TRACE_GUARD = previous_guard
         JITFunction.run = original_run
 
 

@@ -8,7 +8,9 @@ BERT-base's shapes in bf16 with dropout on, and is held to its design:
 - bytes: everything allocated beyond the outputs (partial sums, statistics, scratch) within 5% of the
   op's minimum HBM traffic, and the outputs in their inputs' dtypes (no fp32 copies to cast);
 - host synchronisations (.item(), .tolist(), bool(tensor), nonzero): none in the ops the model calls per
-  layer; the model's forward as a whole has one, where it packs the batch (bertfast.ops.unpad).
+  layer; the model's forward as a whole has one, where it packs the batch (bertfast.ops.unpad);
+- every Triton launch made under its tensors' device guard (launch.device_guard: Triton launches on the
+  current device, not the tensors').
 `python -m bertfast.kernels.traffic` prints the table; tests/test_traffic.py asserts it, and shows once
 that a deliberately wasteful variant fails.
 """
@@ -73,6 +75,9 @@ class Phase:
                        f"{self.scratch_share:.0%} of its minimum traffic ({self.minimum_traffic / 1e6:.1f} MB)")
         if not self.dtypes_ok:
             out.append(f"{self.op} {self.phase}: an output is not in its input's dtype")
+        unguarded = [e.name for e in self.events if e.kind == "triton" and not e.device_guarded]
+        if unguarded:
+            out.append(f"{self.op} {self.phase}: launched outside its tensors' device guard: {unguarded}")
         return out
 
 
@@ -112,7 +117,7 @@ def _layer_norm(residual: bool, p: float):
         x = meta(TOKENS, HIDDEN, requires_grad=True)
         r = meta(TOKENS, HIDDEN, requires_grad=True) if residual else None
         w, b = (meta(HIDDEN, dtype=torch.float32, requires_grad=True) for _ in range(2))
-        return lambda: (ops.fused_residual_layer_norm(x, r, w, b, 1e-12, p, training=p > 0, seed=3),
+        return lambda: (ops.fused_residual_layer_norm(x, r, w, b, 1e-12, p, training=p > 0),
                         [t for t in (x, r, w, b) if t is not None])
     return prepare
 
@@ -133,7 +138,7 @@ def _attention_varlen():
     def prepare():
         q, k, v = (meta(TOKENS, HEADS, HIDDEN // HEADS, requires_grad=True) for _ in range(3))
         cu = torch.empty(TOKENS // SEQ + 1, dtype=torch.int32, device="meta")
-        return lambda: (ops.fused_attention_varlen(q, k, v, cu, SEQ, 0.1, None, training=True, seed=3,
+        return lambda: (ops.fused_attention_varlen(q, k, v, cu, SEQ, 0.1, None, training=True,
                                                    validate=False), [q, k, v])
     return prepare
 
@@ -145,8 +150,8 @@ def _attention_padded():
         # the model's layout: [B, S, heads, D] projections viewed as [B, heads, S, D]
         q, k, v = (meta(TOKENS // SEQ, SEQ, HEADS, HIDDEN // HEADS, requires_grad=True) for _ in range(3))
         mask = torch.empty(TOKENS // SEQ, SEQ, dtype=torch.bool, device="meta")
-        return lambda: (ops.fused_attention(*(t.transpose(1, 2) for t in (q, k, v)), mask, 0.1, None, training=True,
-                                            seed=3), [q, k, v])
+        return lambda: (ops.fused_attention(*(t.transpose(1, 2) for t in (q, k, v)), mask, 0.1, None,
+                                            training=True), [q, k, v])
     return prepare
 
 
@@ -166,17 +171,19 @@ def _embedding(checked: bool):
 
 def cases() -> list[Case]:
     return [
-        Case("fused_residual_layer_norm (dropout 0.1)", _layer_norm(True, 0.1), (1, 2),
-             why="forward: one kernel; backward: the kernel, then the column sums of its dweight/dbias partials"),
+        Case("fused_residual_layer_norm (dropout 0.1)", _layer_norm(True, 0.1), (2, 2),
+             why="forward: the dropout seed drawn on the device (randint: CUDA-graph safe), then one kernel; "
+                 "backward: the kernel, then the column sums of its dweight/dbias partials"),
         Case("fused_residual_layer_norm (no residual)", _layer_norm(False, 0.0), (1, 2), scratch_share=0.06,
              why="backward partials: one fp32 dweight/dbias row pair per persistent program (five an SM, for the "
                  "loads in flight), 4 MB, against only two [T, H] tensors read"),
         Case("fused_bias_gelu", _bias_gelu(), (1, 2),
              why="backward: the kernel, then the column sums of its dbias partials"),
-        Case("fused_attention_varlen (dropout 0.1)", _attention_varlen(), (1, 3),
-             why="backward: delta = rowsum(dO * O), then dK/dV and dQ"),
-        Case("fused_attention padded + key mask (dropout 0.1)", _attention_padded(), (2, 3), syncs=(0, 0),
-             why="forward: the bool key mask as int8, then the kernel"),
+        Case("fused_attention_varlen (dropout 0.1)", _attention_varlen(), (2, 3),
+             why="forward: the dropout seed drawn on the device, then the kernel; backward: delta = "
+                 "rowsum(dO * O), then dK/dV and dQ"),
+        Case("fused_attention padded + key mask (dropout 0.1)", _attention_padded(), (3, 3), syncs=(0, 0),
+             why="forward: the bool key mask as int8, the dropout seed, then the kernel"),
         Case("embedding_sum (ids checked by the caller)", _embedding(True), (1, 5), fills=(0, 2), scratch_share=0.08,
              why="forward: one kernel; backward: sort the word ids, mark the run bounds unused (-1, a fill), zero "
                  "the fp32 workspace the small tables accumulate in (a fill), the pieces kernel, the rows kernel; "

@@ -169,8 +169,9 @@ class BertEncoder(nn.Module):
         for i, layer in enumerate(self.layer):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled() \
                     and i % self.checkpoint_every == 0:
-                # Recomputed in the backward; the CPU RNG state is restored there, so the dropout seeds
-                # drawn inside the layer (and so the masks) are the same both times.
+                # Recomputed in the backward; the RNG states (the CPU's and the input's device's) are
+                # restored there, so the dropout seeds drawn inside the layer (and so the masks) are the
+                # same both times.
                 with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) \
                         if self.checkpoint_offload else contextlib.nullcontext():
                     hidden = checkpoint(lambda h, lay=layer: lay(h, attn)[0], hidden, **self.checkpoint_options)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, check_probability, check_same_device, check_tensor
 from bertfast.ops._custom import FusedOp
+from bertfast.ops._seed import dropout_seed
 
 
 MASK_VALUES_MESSAGE = "attention_mask must hold only 0 and 1 (1 = a real token, 0 = padding)"
@@ -50,7 +51,7 @@ def check_attention_mask(attention_mask: torch.Tensor, batch: int, seq: int, val
 # Custom ops ----------------------------------------------------------------------------------------
 def _forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
                   cu_seqlens: torch.Tensor | None, max_seqlen: int, scale: float, p: float,
-                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     from bertfast.kernels.attention import attention_forward
 
     return attention_forward(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
@@ -68,7 +69,7 @@ def _forward_fake(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
 def _backward_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                    lse: torch.Tensor, key_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
                    max_seqlen: int, scale: float, p: float,
-                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from bertfast.kernels.attention import attention_backward
 
     return attention_backward(_like(do, out), q, k, v, out, lse, key_mask, cu_seqlens, max_seqlen, scale, p, seed)
@@ -81,16 +82,16 @@ def _backward_fake(do, q, k, v, out, lse, key_mask, cu_seqlens, max_seqlen, scal
 def _setup_context(ctx, inputs, output):
     q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_mask, cu_seqlens)
-    ctx.args = (max_seqlen, scale, p, seed)
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, cu_seqlens, seed)
+    ctx.args = (max_seqlen, scale, p)
     ctx.set_materialize_grads(False)  # the log-sum-exp gets no gradient: no zero tensor for it
 
 
 def _backward(ctx, dout, _dlse):
     if dout is None:
         return (None,) * 9
-    q, k, v, out, lse, key_mask, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, key_mask, cu_seqlens, *ctx.args)
+    q, k, v, out, lse, key_mask, cu_seqlens, seed = ctx.saved_tensors
+    dq, dk, dv = _attention_backward(dout, q, k, v, out, lse, key_mask, cu_seqlens, *ctx.args, seed)
     return dq, dk, dv, None, None, None, None, None, None
 
 
@@ -123,16 +124,11 @@ def _check_qkv(q, k, v, dims):
                          f"{tuple(k.shape)} {k.dtype}, {tuple(v.shape)} {v.dtype}")
 
 
-def _seed(p: float, seed: int | None) -> int:
-    if p > 0 and seed is None:
-        return int(torch.randint(0, 2**31 - 1, (1,)).item())
-    return int(seed or 0)
-
-
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     dropout_p: float = 0.0, softmax_scale: float | None = None, training: bool = False,
-                    seed: int | None = None) -> torch.Tensor:
-    """softmax(q kᵀ · scale + key mask) v for q, k, v [B, heads, S, D]; attention_mask [B, S] (1 = real)."""
+                    seed: int | torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale + key mask) v for q, k, v [B, heads, S, D]; attention_mask [B, S] (1 = real).
+    seed: the dropout seed (None: drawn on q's device from torch's generator; see ops/_seed.py)."""
     _check_qkv(q, k, v, 4)
     check_probability("dropout_p", dropout_p)
     check_same_device(q=q, k=k, v=v, attention_mask=attention_mask)
@@ -144,7 +140,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention
         return _attention_reference(q, k, v, key_mask, scale, p)
     q, k, v = (_canonical_padded(t) for t in (q, k, v))
     mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else None
-    out, _ = _attention(q, k, v, mask, None, seq, scale, p, _seed(p, seed))
+    out, _ = _attention(q, k, v, mask, None, seq, scale, p, dropout_seed(p, seed, q.device))
     return out
 
 
@@ -160,7 +156,8 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> None:
 
 def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                            max_seqlen: int, dropout_p: float = 0.0, softmax_scale: float | None = None,
-                           training: bool = False, seed: int | None = None, validate: bool = True) -> torch.Tensor:
+                           training: bool = False, seed: int | torch.Tensor | None = None,
+                           validate: bool = True) -> torch.Tensor:
     """Attention within each packed sequence: q, k, v [total, heads, D]; sequence b is the tokens
     cu_seqlens[b]:cu_seqlens[b + 1]; max_seqlen >= the longest. validate=False skips the host-side check
     of cu_seqlens (for callers that built it with unpad())."""
@@ -177,7 +174,7 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     if not _backend.use_triton(q):
         return _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p)
     q, k, v = (t.contiguous() for t in (q, k, v))
-    out, _ = _attention(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, _seed(p, seed))
+    out, _ = _attention(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, dropout_seed(p, seed, q.device))
     return out
 
 

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, check_probability, check_same_device, check_tensor
 from bertfast.ops._custom import FusedOp
+from bertfast.ops._seed import dropout_seed
 
 
 def _forward_impl(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
                   bias: torch.Tensor | None, eps: float, p: float,
-                  seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from bertfast.kernels.layer_norm import residual_layer_norm_forward
 
     return residual_layer_norm_forward(x, residual, weight, bias, eps, p, seed)
@@ -35,14 +36,14 @@ def _forward_fake(x, residual, weight, bias, eps, p, seed):
 
 def _backward_impl(dy: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
                    weight: torch.Tensor | None, bias: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
-                   p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   p: float, seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from bertfast.kernels.layer_norm import residual_layer_norm_backward
 
     dh, dx, dw, db = residual_layer_norm_backward(dy.contiguous(), x, residual, weight, bias, mean, rstd, p, seed)
     # Custom-op outputs may not alias each other: when dx equals dh it is returned once, as dh; a missing
-    # parameter's gradient is an empty placeholder.
-    empty = dh.new_empty(0)
-    return dh, (dx if dx is not dh else empty), (dw if dw is not None else empty), (db if db is not None else empty)
+    # parameter's gradient is an empty placeholder (one each: returns may not alias each other either).
+    return (dh, dx if dx is not dh else dh.new_empty(0), dw if dw is not None else dh.new_empty(0),
+            db if db is not None else dh.new_empty(0))
 
 
 def _backward_fake(dy, x, residual, weight, bias, mean, rstd, p, seed):
@@ -58,19 +59,19 @@ def _backward_fake(dy, x, residual, weight, bias, mean, rstd, p, seed):
 def _setup_context(ctx, inputs, output):
     x, residual, weight, bias, eps, p, seed = inputs
     _, mean, rstd = output
-    ctx.save_for_backward(x, residual, weight, bias, mean, rstd)
-    ctx.p, ctx.seed = p, seed
+    ctx.save_for_backward(x, residual, weight, bias, mean, rstd, seed)
+    ctx.p = p
     ctx.set_materialize_grads(False)  # mean and rstd get no gradient: no zero tensors for them
 
 
 def _backward(ctx, dy, _dmean, _drstd):
-    x, residual, weight, bias, mean, rstd = ctx.saved_tensors
+    x, residual, weight, bias, mean, rstd, seed = ctx.saved_tensors
     from bertfast.kernels.layer_norm import needs_separate_dx
 
     if dy is None:
         return (None,) * 7
 
-    dh, dx, dw, db = _layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, ctx.p, ctx.seed)
+    dh, dx, dw, db = _layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, ctx.p, seed)
     if not needs_separate_dx(x, residual, ctx.p):
         dx = dh  # the op returned an empty placeholder (outputs may not alias)
     return (dx, dh if residual is not None else None, dw if weight is not None else None,
@@ -83,11 +84,12 @@ _layer_norm = FusedOp("bertfast::residual_layer_norm", _forward_impl, _forward_f
 
 def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
                               bias: torch.Tensor | None, eps: float = 1e-12, dropout_p: float = 0.0,
-                              training: bool = False, seed: int | None = None) -> torch.Tensor:
+                              training: bool = False, seed: int | torch.Tensor | None = None) -> torch.Tensor:
     """LayerNorm over the last dimension of dropout(x) + residual (dropout only when training).
 
-    x, residual: [..., n] float; weight, bias: [n] or None. seed: the dropout seed (None:
-    drawn from torch's CPU generator, so torch.manual_seed makes runs repeatable)."""
+    x, residual: [..., n] float; weight, bias: [n] or None. seed: the dropout seed (None: drawn on x's
+    device from torch's generator, so torch.manual_seed makes runs repeatable and CUDA-graph replays
+    draw new masks; see ops/_seed.py)."""
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension")
@@ -120,11 +122,9 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
             return F.layer_norm(h.float(), (hidden,), weight.float() if weight is not None else None,
                                 bias.float() if bias is not None else None, eps).to(h.dtype)
         return F.layer_norm(h, (hidden,), weight, bias, eps)
-    if p > 0 and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     flat = x.reshape(-1, hidden).contiguous()
     res = residual.reshape(-1, hidden).contiguous() if residual is not None else None
     args = (flat, res, weight.contiguous() if weight is not None else None,
-            bias.contiguous() if bias is not None else None, float(eps), p, int(seed or 0))
+            bias.contiguous() if bias is not None else None, float(eps), p, dropout_seed(p, seed, x.device))
     y, _, _ = _layer_norm(*args)
     return y.view(x.shape)
