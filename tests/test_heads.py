@@ -31,7 +31,8 @@ def pair(name, **kw):
 
 
 def batch(cfg, b=3, s=11, choices=None, layout="right"):
-    """Rows of lengths s, 6 and 1 (a single token), padded on the right or the left, or with holes."""
+    """Sentence pairs (segments()) in rows of lengths s, 6 and 1 (a single token), padded on the right or the
+    left, or with holes."""
     g = torch.Generator().manual_seed(1)
     shape = (b, choices, s) if choices else (b, s)
     lengths = torch.tensor([s, 6, 1, 9, 4])[:b]
@@ -44,7 +45,17 @@ def batch(cfg, b=3, s=11, choices=None, layout="right"):
     if choices:
         mask = mask[:, None].expand(shape).contiguous()
     ids = torch.randint(1, cfg.vocab_size, shape, generator=g) * mask
-    return dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)), g
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=segments(mask)), g
+
+
+def segments(mask):
+    """Sentence pairs: token type 1 on the second half of each row's real tokens (segment B, as a
+    tokenizer gives the second text of a pair), 0 on the first half and on padding; whatever the
+    layout (left padding, holes). A one-token row is all segment A."""
+    real = mask.bool()
+    rank = real.long().cumsum(-1)  # 1-based position among the row's real tokens
+    count = real.sum(-1, keepdim=True)
+    return ((rank > (count + 1) // 2) & real).long()
 
 
 def labels_for(name, cfg, inputs, g):

@@ -50,7 +50,17 @@ def inputs(layout="right", b=3, s=11, choices=None, seed=1):
         mask = mask[:, None].expand(b, choices, s).contiguous()
         shape = (b, choices, s)
     ids = torch.randint(1, 120, shape, generator=g) * mask
-    return dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=segments(mask))
+
+
+def segments(mask):
+    """Sentence pairs: token type 1 on the second half of each row's real tokens (segment B, as a
+    tokenizer gives the second text of a pair), 0 on the first half and on padding; whatever the
+    layout (left padding, holes). A one-token row is all segment A."""
+    real = mask.bool()
+    rank = real.long().cumsum(-1)  # 1-based position among the row's real tokens
+    count = real.sum(-1, keepdim=True)
+    return ((rank > (count + 1) // 2) & real).long()
 
 
 def main_output(name, out):
@@ -242,6 +252,62 @@ def test_sentence_transformers_encode_and_save(tmp_path, minilm_dir, sentences):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     torch.testing.assert_close(torch.load(tmp_path / "emb.pt"), want[:8], atol=1e-5, rtol=1e-5)
+
+
+def cross_encoder(minilm_dir):
+    """sentence-transformers' CrossEncoder on the bundled MiniLM with a one-logit classification head
+    (drawn under a seed, scaled up so that its scores spread: nothing downloads)."""
+    st = pytest.importorskip("sentence_transformers")
+    torch.manual_seed(0)
+    model = st.CrossEncoder(minilm_dir, num_labels=1, device="cpu")
+    with torch.no_grad():
+        model.model.classifier.weight.mul_(40.0)
+    return model
+
+
+def reranking_pairs(sentences):
+    """(query, passage) pairs of different lengths: each of 6 queries against 8 passages."""
+    queries = ["Why was the river bank flooded?", "BERT", "Which café served crème brûlée in Zürich?",
+               "How does BERT read text?", "短い文", "a long sentence with many words"]
+    return queries, sentences[:8]
+
+
+def test_cross_encoder_reranks_pairs_as_stock(tmp_path, minilm_dir, sentences):
+    """A cross-encoder reranker (query + passage as segments A and B): scores after optimize equal stock
+    within 1e-5 on pairs of different lengths, rankings identical, and the saved optimised model reloads
+    without bertfast to the same scores. The segment ids matter here: scoring the same pairs with every
+    token in segment A moves the scores by far more than the tolerance."""
+    stock = cross_encoder(minilm_dir)
+    fast = bertfast.optimize(cross_encoder(minilm_dir))
+    assert fast._bertfast_converted, "the BertModel inside the CrossEncoder was converted"
+    queries, passages = reranking_pairs(sentences)
+    pairs = [(q, p) for q in queries for p in passages]
+    want = torch.as_tensor(stock.predict(pairs, batch_size=16))
+    got = torch.as_tensor(fast.predict(pairs, batch_size=16))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert want.std() > 1e-2, "the scores spread"
+    for q in queries:
+        a = stock.rank(q, passages)
+        b = fast.rank(q, passages)
+        assert [r["corpus_id"] for r in a] == [r["corpus_id"] for r in b]
+    # the second segment is exercised: the same batch with segment B given segment A's type scores apart
+    features = stock.tokenizer([q for q, _ in pairs], [p for _, p in pairs], padding=True, truncation=True,
+                               return_tensors="pt")
+    assert bool((features["token_type_ids"] == 1).any())
+    with torch.no_grad():
+        as_pairs = fast.model(**features).logits.squeeze(-1)
+        one_segment = fast.model(**dict(features, token_type_ids=torch.zeros_like(features["token_type_ids"]))).logits
+    assert (as_pairs - one_segment.squeeze(-1)).abs().max() > 1e-2
+    fast.save(str(tmp_path / "ce"))
+    code = textwrap.dedent(f"""
+        import sys, torch, sentence_transformers
+        model = sentence_transformers.CrossEncoder({str(tmp_path / "ce")!r}, device="cpu")
+        torch.save(torch.as_tensor(model.predict({pairs!r}, batch_size=16)), {str(tmp_path / "scores.pt")!r})
+        assert "bertfast" not in sys.modules
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    torch.testing.assert_close(torch.load(tmp_path / "scores.pt"), want, atol=1e-5, rtol=1e-5)
 
 
 def test_pipelines_match_stock(minilm_dir):
