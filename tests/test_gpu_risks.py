@@ -5,13 +5,11 @@ errors. benchmarks/gpu_check.sh runs this file's GPU-marked tests first (with te
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
 from bertfast import ops
-from bertfast.kernels import dropout
 from bertfast.reference import attention_ref
 
 # 1. Grid limits ----------------------------------------------------------------------------------------
@@ -256,7 +254,7 @@ def test_cuda_graph_replays_draw_new_masks():
     model = bertfast.BertModel(cfg).cuda().train()
     ids = torch.randint(1, 100, (4, 64), device="cuda")
     key_mask = torch.ones(4, 64, dtype=torch.bool, device="cuda")  # padded path: no host read inside the step
-    from bertfast.models.bert import AttentionInputs
+    from bertfast.models.batch import AttentionInputs
 
     def step():
         hidden = model.embeddings(input_ids=ids, ids_checked=True)  # (no range check: it reads the host)

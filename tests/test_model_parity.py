@@ -48,7 +48,7 @@ def test_minilm_hidden_states_and_attentions(minilm, minilm_dir):
     with torch.no_grad():
         want = hf(**batch, output_hidden_states=True, output_attentions=True)
         with pytest.warns(UserWarning, match="reference"):
-            bertfast.models.bert._WARNED.discard("probs")
+            bertfast.models.batch._WARNED.discard("probs")
             got = bf(**batch, output_hidden_states=True, output_attentions=True)
     assert len(got.hidden_states) == len(want.hidden_states) == 7
     assert len(got.attentions) == len(want.attentions) == 6

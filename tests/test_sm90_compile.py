@@ -39,9 +39,9 @@ def test_compiled_variants_are_what_the_model_launches(run_compiled):
             read = lambda t: torch.tensor([1, 30000, 1, 0, 128, 64 * 100, 1])[: t.numel()].reshape(t.shape)
             with gpu_trace(host_copy=read) as events:
                 if padded:
-                    from bertfast.models.bert import AttentionInputs
-                    import bertfast.models.bert as bert
-                    bert._attention_inputs = lambda m, *rest: (AttentionInputs(key_mask=m.bool()), None)
+                    import bertfast.models.batch as batch
+                    from bertfast.models.batch import AttentionInputs
+                    batch._attention_inputs = lambda m, *rest: (AttentionInputs(key_mask=m.bool()), None)
                 out = model(input_ids=ids, attention_mask=mask).last_hidden_state
                 if train:
                     torch.autograd.grad(out.float().sum(), list(model.parameters()), allow_unused=True)

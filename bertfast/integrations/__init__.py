@@ -33,3 +33,14 @@ def restore_transformers() -> None:
     from bertfast.integrations.transformers import restore_transformers as run
 
     run()
+
+
+def _register() -> None:
+    # bertfast's own models hand their transformers twin to optimize (BertPreTrainedModel.to_transformers)
+    # through this registration: the models never import the integrations, which import them.
+    from bertfast.models.pretrained import register_optimize
+
+    register_optimize(optimize)
+
+
+_register()

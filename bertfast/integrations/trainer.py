@@ -23,7 +23,7 @@ _MARK = "_bertfast_original"
 
 
 def _is_bertfast(model) -> bool:
-    from bertfast.models.bert import BertPreTrainedModel
+    from bertfast.models.pretrained import BertPreTrainedModel
 
     return isinstance(model, BertPreTrainedModel)
 

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertfast import _backend, ops
-from bertfast.models.bert import AttentionInputs, embed_batch, self_attention
+from bertfast.models.batch import AttentionInputs, embed_batch, self_attention
 from bertfast.nn.modules import _ACTIVATIONS
 
 _WARNED: set[str] = set()

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from bertfast import ops
 from bertfast.config import BertConfig
-from bertfast.models.bert import BertModel, BertPreTrainedModel
+from bertfast.models.bert import BertModel
+from bertfast.models.pretrained import BertPreTrainedModel, _mean_rows
 from bertfast.nn import FusedLayerNorm, LinearActivation
 from bertfast.outputs import (BertForPreTrainingOutput, output, MaskedLMOutput, MultipleChoiceModelOutput,
                               NextSentencePredictorOutput, QuestionAnsweringModelOutput, SequenceClassifierOutput,
@@ -103,7 +104,6 @@ class _TiedLMMixin:
     def _resize_decoder(self, n: int, keep: int, added: int, mean_resizing: bool) -> None:
         """The LM decoder follows a vocabulary resize: its bias (and, untied, its weight) keep their first
         rows; new rows as transformers (bias: the old mean, weight: drawn around the old rows' mean)."""
-        from bertfast.models.bert import _mean_rows
 
         predictions = self.cls.predictions
         old = predictions.decoder

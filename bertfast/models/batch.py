@@ -1,0 +1,231 @@
+"""The padding-free batch machinery that BertModel and bertfast.optimize (transformers' own BertModel
+made fast) share: what every layer's attention gets (AttentionInputs) and how it runs on a packed or a
+padded batch (self_attention), the forward's one host read (HostFacts), and the embeddings of a batch,
+packed to its real tokens when it has padding (embed_batch).
+
+Padding-free execution: when attention_mask has padding, the real tokens are packed once after the
+embeddings, every layer runs on the packed [tokens, H] (matmuls, GELU, LayerNorm and attention see only
+real tokens; attention through cu_seqlens) and the model pads back at the end, so its cost follows the
+real token count.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertfast import ops
+from bertfast._validate import id_range_stats, raise_if_ids_out_of_range
+from bertfast.nn.modules import default_ids, embed
+
+
+class AttentionInputs:
+    """What every layer's attention needs, prepared once per forward: the packed sequences (cu_seqlens and
+    max_seqlen, when the batch had padding and runs padding-free), or an additive mask (then the
+    reference attention runs on the padded batch), and whether the probabilities are wanted."""
+
+    def __init__(self, additive_mask=None, output_attentions=False, cu_seqlens=None, max_seqlen=0, key_mask=None):
+        self.additive_mask = additive_mask
+        self.key_mask = key_mask  # [B, S] bool, for the padded path (under torch.compile)
+        self.output_attentions = output_attentions
+        self.cu_seqlens = cu_seqlens
+        self.max_seqlen = max_seqlen
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.additive_mask is not None or self.output_attentions
+
+
+def reference_attention(q, k, v, additive_mask, dropout_p, training):
+    """Eager attention that also returns the probabilities (for output_attentions and 4-D masks)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if additive_mask is not None:
+        scores = scores + additive_mask
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(F.dropout(probs, dropout_p, training), v), probs
+
+
+def dropout_p(module: nn.Module) -> float:
+    """A module's dropout probability: bertfast's modules keep it as dropout_p, transformers' as an
+    nn.Dropout named dropout."""
+    p = getattr(module, "dropout_p", None)
+    return float(p if p is not None else module.dropout.p)
+
+
+def self_attention(sa: nn.Module, hidden: torch.Tensor, attn: AttentionInputs, training: bool):
+    """(context, probabilities or None) of a self-attention module holding query/key/value projections
+    and num_attention_heads / attention_head_size / all_head_size (bertfast's BertSelfAttention, or
+    transformers' made fast by bertfast.optimize): packed through cu_seqlens, padded with the key mask,
+    or the reference attention when the probabilities or an additive mask are asked for."""
+    p = dropout_p(sa)
+    heads = (*hidden.shape[:-1], sa.num_attention_heads, sa.attention_head_size)
+    q, k, v = (lin(hidden).view(heads) for lin in (sa.query, sa.key, sa.value))
+    fused_training = training and p > 0
+    seed = None  # drawn by the op, only when a Triton kernel needs one
+    if attn.packed:  # [tokens, heads, D]
+        context = ops.fused_attention_varlen(q, k, v, attn.cu_seqlens, attn.max_seqlen, p, None, fused_training, seed,
+                                             validate=False)
+        return context.reshape(hidden.shape[0], sa.all_head_size), None
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, D] views
+    if attn.needs_reference:
+        context, probs = reference_attention(q, k, v, attn.additive_mask, p, training)
+    else:
+        context, probs = ops.fused_attention(q, k, v, attn.key_mask, p, None, fused_training, seed), None
+    return context.transpose(1, 2).reshape(*hidden.shape[:-1], sa.all_head_size), probs
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+class HostFacts:
+    """What a forward must know on the host, read in its one synchronisation: whether the 2-D mask has
+    padding, its longest row and its token count (for packing), whether every row with a real token has
+    one at position 0 (no left padding); the mask's values and the ids were checked in the same read."""
+
+    def __init__(self, all_real: bool = True, longest: int = 0, total: int = 0, first_real: bool = True) -> None:
+        self.all_real, self.longest, self.total, self.first_real = all_real, longest, total, first_real
+
+
+def read_host_facts(attention_mask, named_ids) -> HostFacts:
+    """One host synchronisation for all of a forward's checks and sizes: the 2-D attention_mask's values
+    (0/1), padding, longest row and token count, and each (name, ids, rows) id tensor's range. Raises
+    ValueError for a bad mask, IndexError for an id outside its table."""
+    parts = list(id_range_stats(named_ids))
+    has_mask = attention_mask is not None and attention_mask.dim() == 2 and attention_mask.numel() > 0
+    if has_mask:
+        real = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
+        lengths = real.sum(1)
+        parts += [ops.attention.mask_values_ok(attention_mask).to(torch.int64), real.all().to(torch.int64),
+                  lengths.max(), lengths.sum(), (real[:, 0] | (lengths == 0)).all().to(torch.int64)]
+    if not parts:
+        return HostFacts()
+    values = torch.stack(parts).tolist()  # the forward's one host synchronisation
+    if has_mask:
+        values, (values_ok, all_real, longest, total, first_real) = values[:-5], values[-5:]
+        if not values_ok:
+            raise ValueError(ops.attention.MASK_VALUES_MESSAGE)
+        facts = HostFacts(bool(all_real), int(longest), int(total), bool(first_real))
+    else:
+        facts = HostFacts()
+    raise_if_ids_out_of_range(named_ids, values)
+    return facts
+
+
+def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, output_attentions: bool,
+                      facts: HostFacts | None = None):
+    """(AttentionInputs, the [B, S] bool key mask when the batch runs padding-free, else None). facts: the
+    mask's values checked and its padding read already (read_host_facts), or None (read here, or under
+    torch.compile not at all)."""
+    if attention_mask is None:
+        attention_mask_2d = None
+    elif attention_mask.dim() == 2:
+        attention_mask_2d = ops.attention.check_attention_mask(attention_mask, batch, seq,
+                                                               values_checked=facts is not None)
+    elif attention_mask.dim() in (3, 4):
+        _warn_once("additive", "bertfast: a 3-D/4-D additive attention_mask runs the reference (eager) attention, "
+                               "not the fused kernel")
+        if attention_mask.dtype == torch.bool:
+            mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+            attention_mask = mask.masked_fill(~attention_mask, torch.finfo(dtype).min)
+        if attention_mask.dim() == 3:
+            attention_mask = attention_mask[:, None]
+        return AttentionInputs(additive_mask=attention_mask.to(dtype), output_attentions=output_attentions), None
+    else:
+        raise ValueError(f"attention_mask must be [batch, seq] (or a 4-D additive mask), got shape {tuple(attention_mask.shape)}")
+    if output_attentions:
+        _warn_once("probs", "bertfast: output_attentions=True runs the reference (eager) attention, not the fused kernel")
+        additive = None
+        if attention_mask_2d is not None:
+            additive = torch.zeros((batch, 1, 1, seq), dtype=dtype, device=attention_mask_2d.device)
+            additive = additive.masked_fill(~attention_mask_2d[:, None, None, :], torch.finfo(dtype).min)
+        return AttentionInputs(additive_mask=additive, output_attentions=True), None
+    if attention_mask_2d is None:
+        return AttentionInputs(), None
+    if torch.compiler.is_compiling():
+        # Packing needs the token count on the host (a graph break): compiled graphs run the padded batch
+        # with the key mask instead.
+        return AttentionInputs(key_mask=attention_mask_2d), None
+    if facts.all_real if facts is not None else bool(attention_mask_2d.all()):
+        return AttentionInputs(), None  # no padding: the padded layout has no waste
+    return AttentionInputs(), attention_mask_2d
+
+
+def packed_embeddings(emb: nn.Module, packed, input_ids, token_type_ids, position_ids, inputs_embeds,
+                      training: bool) -> torch.Tensor:
+    """The embeddings of the real tokens only: [tokens, H] (ids checked already). Ids are gathered (after
+    HF's defaults and broadcasting) at the packed positions, so positions and segments are those of the
+    padded layout: HF's default positions are the packed tokens' column indices, its default segment
+    stays one id."""
+    seq = packed.seqlen
+    if position_ids is None:
+        default_ids(emb, seq)  # (checks seq against max_position_embeddings)
+        position_ids = (packed.indices % seq)[None]
+    else:
+        position_ids = _pack(packed, position_ids, "position_ids")
+    token_type_ids = None if token_type_ids is None else _pack(packed, token_type_ids, "token_type_ids")
+    return embed(emb, _pack(packed, input_ids), token_type_ids, position_ids, _pack(packed, inputs_embeds),
+                 ids_checked=True, training=training)[0]
+
+
+def _pack(packed, t, name=None):
+    """[B, S, ...] or broadcastable ids -> [1, tokens, ...] at the packed positions."""
+    if t is None:
+        return None
+    batch, seq = packed.batch, packed.seqlen
+    if name is not None:
+        try:
+            torch.broadcast_shapes(t.shape, (batch, seq))
+        except RuntimeError:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, which does not broadcast to {(batch, seq)}") from None
+    t = t.expand(batch, seq, *t.shape[2:])
+    return t.reshape(batch * seq, *t.shape[2:]).index_select(0, packed.indices)[None]
+
+
+def host_facts_of(model: nn.Module, input_ids, token_type_ids, position_ids, attention_mask) -> HostFacts:
+    """read_host_facts for a BERT model's inputs against its embedding tables (given ids only)."""
+    emb = model.embeddings
+    named = [(name, t, table.num_embeddings) for name, t, table in (
+        ("input_ids", input_ids, emb.word_embeddings), ("token_type_ids", token_type_ids, emb.token_type_embeddings),
+        ("position_ids", position_ids, emb.position_embeddings)) if t is not None]
+    return read_host_facts(attention_mask, named)
+
+
+def embed_batch(model: nn.Module, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                output_attentions: bool, padding_free: bool = True):
+    """The embeddings and the attention inputs of a BERT model's forward (bertfast's, or transformers'
+    made fast by bertfast.optimize): (hidden, AttentionInputs, the Unpadded packing or None).
+
+    One host synchronisation reads the mask's values, padding and sizes, and the ids' ranges. A batch with
+    padding is packed (hidden [tokens, H]) unless padding_free is off or it is padded on the left under a
+    pooler, which reads position 0 where transformers computes a value (then it runs padded with the key
+    mask, computing it the same way)."""
+    batch, seq = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+    dtype = inputs_embeds.dtype if inputs_embeds is not None else model.embeddings.word_embeddings.weight.dtype
+    facts = None
+    if not torch.compiler.is_compiling():
+        facts = host_facts_of(model, input_ids, token_type_ids, position_ids, attention_mask)
+    attn, key_mask = _attention_inputs(attention_mask, batch, seq, dtype, output_attentions, facts)
+    if key_mask is not None and (not padding_free or (model.pooler is not None and not facts.first_real)):
+        attn, key_mask = AttentionInputs(key_mask=key_mask), None
+    if key_mask is None:
+        hidden = embed(model.embeddings, input_ids, token_type_ids, position_ids, inputs_embeds,
+                       ids_checked=facts is not None, training=model.training)
+        return hidden, attn, None
+    packed = ops.unpad(None, key_mask, sizes=(facts.longest, facts.total))
+    attn.cu_seqlens, attn.max_seqlen = packed.cu_seqlens, packed.max_seqlen
+    hidden = packed_embeddings(model.embeddings, packed, input_ids, token_type_ids, position_ids, inputs_embeds,
+                               training=model.training)
+    return hidden, attn, packed
