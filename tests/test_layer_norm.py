@@ -175,6 +175,17 @@ def test_bad_arguments():
         ops.fused_residual_layer_norm(x, torch.randn(3, 9), None, None, 1e-5)
     with pytest.raises(ValueError, match="weight has shape"):
         ops.fused_residual_layer_norm(x, None, torch.ones(9), None, 1e-5)
+    for bad in (-1, 2**63, 1.5, True):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*63\)"):
+            ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=0.1, training=True, seed=bad)
+    with pytest.raises(ValueError, match="seed must be an int or an int64 tensor of one element, got torch.float32"):
+        ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=0.1, training=True, seed=torch.ones(1))
+    with pytest.raises(ValueError, match="seed is on meta but the inputs are on cpu"):
+        ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=0.1, training=True,
+                                      seed=torch.zeros(1, dtype=torch.int64, device="meta"))
+    seed = torch.tensor([7])  # an int64 tensor seed is the same as the int
+    torch.testing.assert_close(ops.fused_residual_layer_norm(x, None, None, None, 1e-5, 0.5, True, seed=seed),
+                               ops.fused_residual_layer_norm(x, None, None, None, 1e-5, 0.5, True, seed=7), atol=0, rtol=0)
 
 
 def test_opcheck():
