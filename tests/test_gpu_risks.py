@@ -96,22 +96,35 @@ def test_grid_past_cuda_x_limit_is_refused():
         grid_1d(MAX_GRID_X + 1, "attention")
 
 
-# 2. Device guard ---------------------------------------------------------------------------------------
-GUARD_CHECK = """
+# A BERT-base-shaped training step on meta tensors (standing for CUDA ones), traced: forward, backward.
+BERT_STEP = """
     import torch
     import bertfast
     from bertfast.kernels.trace import gpu_trace
 
-    cfg = bertfast.BertConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=1)
-    with torch.device("meta"):
-        model = bertfast.BertForMaskedLM(cfg).to(torch.bfloat16)
-    model.train()
-    ids = torch.empty(8, 128, dtype=torch.long, device="meta")
-    mask = torch.empty(8, 128, dtype=torch.long, device="meta")
-    read = lambda t: torch.tensor([1, 30000, 1, 0, 128, 8 * 100, 1])[: t.numel()].reshape(t.shape)
-    with gpu_trace(host_copy=read) as events:
-        out = model(input_ids=ids, attention_mask=mask).logits
-        torch.autograd.grad(out.float().sum(), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    def traced_step(cls, layers):
+        cfg = bertfast.BertConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                  num_hidden_layers=layers)
+        with torch.device("meta"):
+            model = getattr(bertfast, cls)(cfg).to(torch.bfloat16)
+        model.train()
+        ids = torch.empty(8, 128, dtype=torch.long, device="meta")
+        mask = torch.empty(8, 128, dtype=torch.long, device="meta")
+        # the forward's one host read: ids min/max, mask values ok, padding, longest, total, position 0 real
+        read = lambda t: torch.tensor([1, 30000, 1, 0, 128, 8 * 100, 1])[: t.numel()].reshape(t.shape)
+        with gpu_trace(host_copy=read) as forward:
+            out = model(input_ids=ids, attention_mask=mask)[0]
+        with gpu_trace() as backward:
+            torch.autograd.grad(out.float().sum(), [p for p in model.parameters() if p.requires_grad],
+                                allow_unused=True)
+        return forward, backward
+"""
+
+
+# 2. Device guard ---------------------------------------------------------------------------------------
+GUARD_CHECK = BERT_STEP + """
+    forward, backward = traced_step("BertForMaskedLM", 1)
+    events = forward + backward
     launches = [e for e in events if e.kind == "triton"]
     unguarded = sorted({e.name for e in launches if not e.device_guarded})
     assert launches and not unguarded, unguarded
@@ -157,22 +170,8 @@ def test_cuda_tensors_on_a_device_that_is_not_current():
 
 
 # 3. Dropout seeds: on the device, new at every CUDA-graph replay and torch.compile call -----------------
-SEED_CHECK = """
-    import torch
-    import bertfast
-    from bertfast.kernels.trace import gpu_trace
-
-    cfg = bertfast.BertConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=2)
-    with torch.device("meta"):
-        model = bertfast.BertModel(cfg).to(torch.bfloat16)
-    model.train()
-    ids = torch.empty(8, 128, dtype=torch.long, device="meta")
-    mask = torch.empty(8, 128, dtype=torch.long, device="meta")
-    read = lambda t: torch.tensor([1, 30000, 1, 0, 128, 8 * 100, 1])[: t.numel()].reshape(t.shape)
-    with gpu_trace(host_copy=read) as forward:
-        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    with gpu_trace() as backward:
-        torch.autograd.grad(out.float().sum(), list(model.parameters()), allow_unused=True)
+SEED_CHECK = BERT_STEP + """
+    forward, backward = traced_step("BertModel", 2)
     drawn = {}
     for e in forward:
         if e.kind == "torch" and e.name == "randint":

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import bertfast
+from pairs import segments
 
 transformers = pytest.importorskip("transformers")
 
@@ -47,15 +48,6 @@ def batch(cfg, b=3, s=11, choices=None, layout="right"):
     ids = torch.randint(1, cfg.vocab_size, shape, generator=g) * mask
     return dict(input_ids=ids, attention_mask=mask, token_type_ids=segments(mask)), g
 
-
-def segments(mask):
-    """Sentence pairs: token type 1 on the second half of each row's real tokens (segment B, as a
-    tokenizer gives the second text of a pair), 0 on the first half and on padding; whatever the
-    layout (left padding, holes). A one-token row is all segment A."""
-    real = mask.bool()
-    rank = real.long().cumsum(-1)  # 1-based position among the row's real tokens
-    count = real.sum(-1, keepdim=True)
-    return ((rank > (count + 1) // 2) & real).long()
 
 
 def labels_for(name, cfg, inputs, g):
