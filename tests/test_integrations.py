@@ -55,6 +55,14 @@ def inputs(layout="right", b=3, s=11, choices=None, seed=1):
 
 
 
+def assert_grads_match(fast, stock):
+    """Every parameter gradient of the optimised model as the stock model's (1e-5 absolute, 1e-4 relative)."""
+    stock_grads = dict(stock.named_parameters())
+    for key, p in fast.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, stock_grads[key].grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+
+
 def main_output(name, out):
     if name == "BertModel":
         return out.last_hidden_state
@@ -82,10 +90,7 @@ def test_optimized_heads_match_stock(name, layout, backend_name, backend):
     # gradients of every parameter, through a loss on real tokens
     (a.float().square().mean()).backward()
     (b.float().square().mean()).backward()
-    stock_grads = dict(stock.named_parameters())
-    for key, p in fast.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close(p.grad, stock_grads[key].grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+    assert_grads_match(fast, stock)
 
 
 @pytest.mark.parametrize("layout,backend_name", [("right", "torch"), ("left", "torch"), ("holes", "triton")])
@@ -108,10 +113,7 @@ def test_optimized_head_losses_match_stock(name, layout, backend_name, backend):
     torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
     want.loss.backward()
     got.loss.backward()
-    stock_grads = dict(stock.named_parameters())
-    for key, p in fast.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close(p.grad, stock_grads[key].grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+    assert_grads_match(fast, stock)
 
 
 def test_losses_with_labels_match_stock():

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from bertfast.kernels import dropout
-from bertfast.kernels.launch import on_tensor_device
+from bertfast.kernels.launch import grid_1d, on_tensor_device
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -296,8 +296,6 @@ def lse_shape(q, cu_seqlens) -> tuple[int, int]:
 
 def _grid(seq: int, block: int, batch_heads: int, what: str) -> tuple[int]:
     """The one-axis grid of _program_sequence: cdiv(seq, block) programs for each batch * head."""
-    from bertfast.kernels.launch import grid_1d
-
     return grid_1d(triton.cdiv(seq, block) * batch_heads, what)
 
 
