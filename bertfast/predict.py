@@ -21,7 +21,32 @@ import warnings
 import torch
 
 import bertfast
+from bertfast.models.checkpoint_io import checkpoint_keys
+from bertfast.training import PRETRAIN_OUT
 from bertfast.training.data import WordPiece
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why `folder` is not a model folder bertfast's commands can start from, or None."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return f"{folder}: no config.json in it (expected a model folder: config.json, model.safetensors, vocab.txt)"
+    if not os.path.isfile(os.path.join(folder, "vocab.txt")):
+        return f"{folder}: no vocab.txt in it (the WordPiece vocabulary the model was trained with)"
+    return None
+
+
+def masked_lm_problem(folder: str) -> str | None:
+    """Why `folder` cannot fill masks, or None: it needs config.json, vocab.txt and the masked-LM head's weights."""
+    problem = checkpoint_problem(folder)
+    if problem:
+        return problem
+    keys = checkpoint_keys(folder)
+    if keys is not None and not any(k.startswith("cls.predictions.") for k in keys):
+        return (f"{folder} holds an encoder without a masked-LM head (no cls.predictions weights), so it cannot fill "
+                f"masks. Use a masked-LM checkpoint: `python -m bertfast pretrain` writes one to {PRETRAIN_OUT} "
+                "(a small BERT on Python's own docstrings, a few minutes on a CPU), or any transformers "
+                "BertForMaskedLM / BertForPreTraining folder with vocab.txt")
+    return None
 
 
 class MaskedLM:
@@ -30,9 +55,10 @@ class MaskedLM:
     def __init__(self, directory: str, device: str | None = None) -> None:
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"--from {directory}: no such folder")
+        problem = masked_lm_problem(directory)
+        if problem:
+            raise ValueError(f"--from {problem}")
         vocab = os.path.join(directory, "vocab.txt")
-        if not os.path.isfile(vocab):
-            raise FileNotFoundError(f"--from {directory}: no vocab.txt in it")
         lowercase = True
         config_path = os.path.join(directory, "tokenizer_config.json")
         if os.path.isfile(config_path):
@@ -44,8 +70,8 @@ class MaskedLM:
             self.model = bertfast.BertForMaskedLM.from_pretrained(directory)
         fresh = [str(w.message) for w in caught if "newly initialised" in str(w.message) and "cls.predictions" in str(w.message)]
         if fresh:
-            raise ValueError(f"--from {directory}: not a masked-LM checkpoint (no cls.predictions weights: it holds an "
-                             "encoder without its masked-LM head)")
+            raise ValueError(f"--from {directory}: not a masked-LM checkpoint (its cls.predictions weights are "
+                             "missing)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         special = self.tok.special_ids

@@ -119,12 +119,12 @@ def test_corrupt_or_truncated_shards_are_named(corpus_dir, tmp_path):
     with pytest.raises(data.DataError, match="no manifest.json"):
         PreparedCorpus(str(copy), 64)
     out = cli("pretrain", "--data", copy, "--steps", "1", "--out", tmp_path / "o")
-    assert out.returncode == 2 and out.stderr.startswith("error: ") and "manifest.json" in out.stderr
+    assert out.returncode == 2 and "error: argument --data" in out.stderr and "manifest.json" in out.stderr
 
 
 def test_prepare_memory_is_flat_and_fast(tmp_path):
     """50 MB of text against 5 MB: the peak resident memory of the main process and of each worker within
-    +200 MB (it is read, tokenised and written a block at a time). Throughput is printed for the README."""
+    +200 MB (it is read, tokenised and written a block at a time). Throughput is printed for docs/training.md."""
     small = write_corpus(tmp_path / "small.txt", 5)
     big = write_corpus(tmp_path / "big.txt", 50)
     runs = {}
@@ -274,7 +274,7 @@ def test_killed_run_leaves_a_loadable_checkpoint(corpus_dir, tmp_path):
 def test_transformers_loads_what_pretrain_writes(corpus_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = cli("pretrain", "--data", corpus_dir / "data", "--config", "tiny", "--steps", "4", "--batch-size", "8",
-              "--max-length", "128", "--phases", "64:0.5", "128:0.5", "--optimizer", "lamb", "--log-every", "1",
+              "--phases", "64:0.5", "128:0.5", "--optimizer", "lamb", "--log-every", "1",
               "--out", tmp_path / "pt")
     assert out.returncode == 0, out.stderr[-3000:]
     history = json.loads((tmp_path / "pt" / "trainer_state.json").read_text())["history"]
@@ -286,26 +286,6 @@ def test_transformers_loads_what_pretrain_writes(corpus_dir, tmp_path):
     a, b = ours(input_ids=ids), theirs(input_ids=ids)
     torch.testing.assert_close(a.prediction_logits, b.prediction_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a.seq_relationship_logits, b.seq_relationship_logits, rtol=1e-4, atol=1e-4)
-
-
-# the command line's edges --------------------------------------------------------------------------------------
-def test_command_line_edges(tmp_path):
-    cases = [
-        (["pretrain", "--data", tmp_path / "nowhere", "--out", tmp_path / "o"], "no such folder"),
-        (["pretrain", "--resume", tmp_path / "nowhere"], "--resume"),
-        (["pretrain", "--steps", "0"], "--steps must be >= 1"),
-        (["pretrain", "--batch-size", "0"], "--batch-size must be >= 1"),
-        (["finetune", "classify", "--train", "t", "--eval", "e", "--from", tmp_path / "nowhere"], "--from"),
-        (["finetune", "classify", "--train", "t", "--eval", "e", "--from", tmp_path, "--epochs", "0"], "--epochs"),
-        (["prepare", "--corpus", tmp_path / "missing.txt", "--out", tmp_path / "p"], "no such file"),
-    ]
-    if not torch.cuda.is_available():
-        cases.append((["pretrain", "--device", "cuda"], "no CUDA device"))
-    for args, expected in cases:
-        out = cli(*args)
-        assert out.returncode == 2 and out.stderr.startswith("error: ") and expected in out.stderr, (args, out.stderr[-500:])
-    helped = cli("bench", "--help")
-    assert "dry" in helped.stdout and "plumbing" in helped.stdout
 
 
 # predict and generate -------------------------------------------------------------------------------------------

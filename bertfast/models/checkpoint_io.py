@@ -79,6 +79,22 @@ def _load(path: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def checkpoint_keys(directory: str) -> list[str] | None:
+    """The tensor names of a folder's safetensors weights (or their index), without reading the tensors;
+    None when it has neither (a pickle, or no weights)."""
+    path = os.path.join(directory, SAFE)
+    if os.path.isfile(path):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    if os.path.isfile(path + ".index.json"):
+        with open(path + ".index.json", encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+        return list(weight_map) if isinstance(weight_map, dict) else None
+    return None
+
+
 def read_weights(directory: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
     """model.safetensors, its shards, or (allow_pickle only) pytorch_model.bin or its shards."""
     for base in (SAFE, PICKLE):

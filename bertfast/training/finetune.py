@@ -1,4 +1,4 @@
-"""Fine-tuning: sequence classification, extractive QA and NER from JSONL/CSV files (see README).
+"""Fine-tuning: sequence classification, extractive QA and NER from JSONL/CSV files (see docs/training.md).
 
   classify  {"text": ..., "text_b": optional, "label": ...}          accuracy and macro F1
   qa        {"question": ..., "context": ..., "answer_text": ..., "answer_start": char offset}

@@ -186,7 +186,14 @@ def prepare(corpus: list[str], out: str, vocab: str | None = None, vocab_size: i
     if vocab:
         tokenizer = WordPiece.from_vocab(vocab, lowercase=lowercase)
     else:  # tokenizers trains from the files in a streaming pass of its own
-        tokenizer = WordPiece.train(list(corpus), vocab_size=vocab_size, lowercase=lowercase)
+        try:
+            tokenizer = WordPiece.train(list(corpus), vocab_size=vocab_size, lowercase=lowercase)
+        except Exception as e:  # tokenizers raises a bare Exception, naming no file, on bytes that are not UTF-8
+            if "UTF-8" not in str(e):
+                raise
+            for _ in iter_documents(list(corpus)):  # raises the DataError naming the file and line
+                pass
+            raise
     vocab_file = tokenizer.save_vocab(out)
     dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
     writers = {n: _ShardWriter(os.path.join(out, f"len{n}"), dtype, shard_tokens) for n in lengths}

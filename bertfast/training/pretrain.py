@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import bertfast
-from bertfast.training import data, distributed
+from bertfast.training import PRETRAIN_OUT, data, distributed
 from bertfast.training.common import autocast, make_optimizer, progress
 from bertfast.training.prepare import PreparedCorpus, describe_sources, prepare
 
@@ -182,13 +182,13 @@ def find_checkpoint(path: str) -> str:
     """The checkpoint to resume from: path itself if it holds training_state.pt, else its latest complete
     checkpoint-STEP folder."""
     if not os.path.isdir(path):
-        raise SystemExit(f"error: --resume {path}: no such folder")
+        raise ValueError(f"--resume {path}: no such folder")
     if os.path.isfile(os.path.join(path, "training_state.pt")):
         return path
     found = [p for p in glob.glob(os.path.join(path, "checkpoint-*"))
              if re.fullmatch(r"checkpoint-\d+", os.path.basename(p)) and os.path.isfile(os.path.join(p, "training_state.pt"))]
     if not found:
-        raise SystemExit(f"error: --resume {path}: no complete checkpoint in it (checkpoint-STEP with training_state.pt)")
+        raise ValueError(f"--resume {path}: no complete checkpoint in it (checkpoint-STEP with training_state.pt)")
     return max(found, key=lambda p: int(p.rsplit("-", 1)[1]))
 
 
@@ -283,7 +283,7 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def pretrain(data_dir: str | None = None, corpus: list[str] | None = None, vocab: str | None = None,
-             config: str = "tiny", out: str = "checkpoints/pretrain", steps: int = 600, batch_size: int = 32,
+             config: str = "tiny", out: str = PRETRAIN_OUT, steps: int = 600, batch_size: int = 32,
              max_length: int = 128, lr: float = 1e-3, warmup: float = 0.1, accumulate: int = 1, seed: int = 0,
              device: str | None = None, resume: str | None = None, optimizer: str = "adamw",
              phases: list[str] | None = None, fsdp: bool = False, save_every: int = 1000, log_every: int = 25,
