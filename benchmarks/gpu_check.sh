@@ -72,8 +72,8 @@ fi
 
 if [ "${BERTFAST_GPU_CHECK_SM90:-0}" = 1 ]; then
   # The whole static report CI produces without a GPU (tests/test_sm90_compile.py); optional here.
-  step "static roofline report (bertfast.kernels.sm90)"
-  TRITON_INTERPRET=0 timeout 200 "$PY" -m bertfast.kernels.sm90 --json "$OUT/sm90.json" 2>&1 | tee "$OUT/sm90.txt" | tail -3 || status=1
+  step "static roofline report (bertfast.analysis.sm90)"
+  TRITON_INTERPRET=0 timeout 200 "$PY" -m bertfast.analysis --json "$OUT/sm90.json" 2>&1 | tee "$OUT/sm90.txt" | tail -3 || status=1
 fi
 
 step "benchmarks"

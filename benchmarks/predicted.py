@@ -6,7 +6,7 @@
 
 For every bertfast row of the benchmarks' results.json (LayerNorm, bias+GELU, attention without
 padding, the embedding sum), the same op at the same shape and dtype is traced on meta tensors and
-predicted by bertfast.kernels.sm90 (the sum of its launches' predicted times, forward kernels only for
+predicted by bertfast.analysis.sm90 (the sum of its launches' predicted times, forward kernels only for
 "fwd"), and printed with the measured time and their ratio. A ratio off by more than 25% is flagged:
 the model (or the kernel) needs a look. Runs with TRITON_INTERPRET=0 (it compiles for sm_90).
 benchmarks/gpu_check.sh runs it after the benchmarks.
@@ -33,7 +33,7 @@ def _fields(case: str) -> tuple[dict, torch.dtype]:
 
 def scenario_for(group: str, case: str, variant: str):
     """The sm90 Scenario of a benchmark row (a bertfast variant), or None when the model has none."""
-    from bertfast.kernels import sm90
+    from bertfast.analysis import sm90
 
     op, _, _ = group.rpartition(" ")
     fields, dtype = _fields(case)
@@ -64,7 +64,7 @@ EXAMPLE = {"results": [
 
 
 def compare(results: dict) -> list[dict]:
-    from bertfast.kernels import sm90
+    from bertfast.analysis import sm90
 
     rows = []
     for r in results["results"]:
@@ -87,7 +87,7 @@ def compare(results: dict) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["Predicted: the static model of the compiled kernels (bertfast.kernels.sm90), no GPU involved; "
+    lines = ["Predicted: the static model of the compiled kernels (bertfast.analysis.sm90), no GPU involved; "
              "measured: the benchmark's median (CUDA-graph replay on a GPU). Ratio = measured / predicted; "
              f"'off' when it is outside 1 +- {TOLERANCE:.0%}.", "",
              "| group | case | variant | measured ms | predicted ms | ratio | off | predicted kernels |",

@@ -18,7 +18,7 @@ import torch
 
 BACKENDS = ("auto", "torch", "triton")
 
-# Inside bertfast.kernels.trace.gpu_trace(), meta tensors stand for CUDA ones (the GPU path runs on them,
+# Inside bertfast.analysis.trace.gpu_trace(), meta tensors stand for CUDA ones (the GPU path runs on them,
 # recorded instead of launched: the static checks of what a GPU would do).
 _META_IS_GPU = False
 

@@ -17,7 +17,7 @@ GRID_CHECK = """
     import torch
     from bertfast import ops
     from bertfast.kernels.launch import MAX_GRID_X, MAX_GRID_YZ
-    from bertfast.kernels.trace import gpu_trace, meta
+    from bertfast.analysis.trace import gpu_trace, meta
 
     def check(events, what):
         launches = [e for e in events if e.kind == "triton"]
@@ -100,7 +100,7 @@ def test_grid_past_cuda_x_limit_is_refused():
 BERT_STEP = """
     import torch
     import bertfast
-    from bertfast.kernels.trace import gpu_trace
+    from bertfast.analysis.trace import gpu_trace
 
     def traced_step(cls, layers):
         cfg = bertfast.BertConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
@@ -285,7 +285,7 @@ def test_cuda_graph_replays_draw_new_masks():
 # 4. The wide LayerNorm backward's read-modify-write --------------------------------------------------------
 BARRIER_CHECK = """
     import torch
-    from bertfast.kernels import sm90
+    from bertfast.analysis import sm90
 
     for dtype in (torch.bfloat16, torch.float32):
         scenario = sm90.Scenario("wide", "layer_norm", sm90._layer_norm(4096, 8192, dtype, 0.1, True))

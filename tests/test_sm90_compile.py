@@ -1,9 +1,9 @@
-"""The static roofline model (bertfast.kernels.sm90), no GPU needed.
+"""The static roofline model (bertfast.analysis.sm90), no GPU needed.
 
 - Every variant BertModel launches in a training or inference step (BERT-base and -large, bf16 and fp32,
   packed and padded) is among the compiled variants the model reports on: traced through the whole model
   on meta tensors, independently of the model's own per-op scenarios.
-- `python -m bertfast.kernels.sm90 --json` holds every launch to the goals: bandwidth fractions of the
+- `python -m bertfast.analysis --json` holds every launch to the goals: bandwidth fractions of the
   memory-bound kernels with dropout on, wgmma for every fp16/bf16 attention matmul (zero HMMA), no
   spills, 128-bit loads/stores, dropout's instruction overhead (LayerNorm forward <= 1.5x, attention
   forward loop <= 2x).
@@ -17,8 +17,8 @@ def test_compiled_variants_are_what_the_model_launches(run_compiled):
     stdout = run_compiled("""
         import torch
         import bertfast
-        from bertfast.kernels import sm90
-        from bertfast.kernels.trace import gpu_trace
+        from bertfast.analysis import sm90
+        from bertfast.analysis.trace import gpu_trace
 
         listed = set(sm90.launched_variants())
         checked = 0
@@ -57,7 +57,7 @@ def test_compiled_variants_are_what_the_model_launches(run_compiled):
 
 def test_static_roofline_meets_the_goals(tmp_path, run_compiled):
     report = tmp_path / "sm90.json"
-    run_compiled(module_args=["bertfast.kernels.sm90", "--json", str(report)])
+    run_compiled(module_args=["bertfast.analysis", "--json", str(report)])
     data = json.loads(report.read_text())
     predictions = data["predictions"]
     assert not data["missed"]

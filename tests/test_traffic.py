@@ -1,4 +1,4 @@
-"""The launch and traffic check on fake (meta) tensors (bertfast.kernels.traffic), no GPU needed: every
+"""The launch and traffic check on fake (meta) tensors (bertfast.analysis.traffic), no GPU needed: every
 public op's CUDA path allocates, launches and synchronises no more than its design, a deliberately
 wasteful variant is caught, and a whole BertModel training step synchronises with the host once.
 Run in subprocesses with TRITON_INTERPRET=0: the launches are recorded, not run, which needs triton's
@@ -6,7 +6,7 @@ JIT functions rather than the interpreter the rest of the suite uses."""
 
 
 def test_every_op_meets_its_design(run_compiled):
-    stdout = run_compiled(module_args=["bertfast.kernels.traffic"])
+    stdout = run_compiled(module_args=["bertfast.analysis.traffic"])
     assert "problems: 0" in stdout
     for op in ("fused_residual_layer_norm", "fused_bias_gelu", "fused_attention_varlen", "embedding_sum"):
         assert op in stdout
@@ -18,7 +18,7 @@ def test_a_wasteful_variant_fails(run_compiled):
     and bytes beyond the outputs)."""
     stdout = run_compiled("""
         import torch
-        from bertfast.kernels import traffic
+        from bertfast.analysis import traffic
 
         case = next(c for c in traffic.cases() if c.name.startswith("fused_residual_layer_norm (dropout"))
         honest = traffic.check(traffic.measure(case))
@@ -55,7 +55,7 @@ def test_a_bert_training_step_synchronises_once(run_compiled):
     stdout = run_compiled("""
         import torch
         import bertfast
-        from bertfast.kernels.trace import gpu_trace
+        from bertfast.analysis.trace import gpu_trace
 
         cfg = bertfast.BertConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
                                   num_hidden_layers=2)

@@ -1,6 +1,6 @@
 """A static roofline model of every kernel bertfast launches, for an H200 (sm_90), without a GPU.
 
-What is compiled is what launches: the public ops run on meta tensors inside bertfast.kernels.trace,
+What is compiled is what launches: the public ops run on meta tensors inside bertfast.analysis.trace,
 which records each Triton launch with its grid, its arguments and the JIT's own specialisation (pointer
 alignment, integers divisible by 16); each distinct variant is compiled for sm_90 exactly as the JIT
 would. The CUDA extension's kernels are read from the built bertfast._C, with the launch configuration
@@ -16,9 +16,9 @@ per loop trip), the minimum HBM bytes and the FLOPs, and four floors:
   issue    SASS instructions executed (per warp x warps launched) / 4 warp-instructions per clock per SM
   tensor   FLOPs / the rate of the unit the matmuls lowered to (wgmma, mma.sync, FMA)
 The predicted time is the largest floor; the report prints it with the fraction of copy bandwidth it
-achieves (memory-bound kernels) or of the tensor floor (attention). Constants: bertfast.kernels.h200.
+achieves (memory-bound kernels) or of the tensor floor (attention). Constants: bertfast.analysis.gpus.
 
-`python -m bertfast.kernels.sm90 [--json PATH]` prints the table and checks the goals (GOALS); it exits 1
+`python -m bertfast.analysis [--json PATH]` prints the table and checks the goals (GOALS); it exits 1
 when a goal is missed. tests/test_sm90_compile.py runs it in CI.
 """
 from __future__ import annotations
@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from bertfast.kernels import h200
-from bertfast.kernels.trace import Launch, gpu_trace, meta, specialisation
+from bertfast.analysis.gpus import H200 as h200
+from bertfast.analysis.trace import Launch, gpu_trace, meta, specialisation
 
 TOKENS = 16384
 SEQ_LENS = (128, 512, 1024)
@@ -500,7 +500,7 @@ def _work(launch: Launch, binary: Binary) -> Work:
         spanning = a["SLOTS"].shape[0] / 2 / max(1, launch.grid[0])
         # (it stores; loads in flight are only the run bounds: Little's law does not bound it)
         return Work(moved, trips=max(1.0, spanning), op_bytes=_b(a["WORD"]) + _b(a["TYPE"]) + _b(a["POS"]))
-    raise KeyError(f"no work model for kernel {name}: add one to bertfast.kernels.sm90._work")
+    raise KeyError(f"no work model for kernel {name}: add one to bertfast.analysis.sm90._work")
 
 
 def _attention_work(launch: Launch, a: dict) -> Work:
@@ -569,17 +569,52 @@ class Prediction:
     fraction_of_copy: float
     fraction_of_tensor: float
     op_bytes: float = 0.0  # the minimum bytes of the whole op this launch belongs to (embedding only)
+    pipe_us: dict = field(default_factory=dict)  # each pipe's floor (MUFU, FP32, integer, conversions, LSU)
 
 
-def predict(scenario: Scenario, launch: Launch, binary: Binary) -> Prediction:
-    work = _work(launch, binary)
+# SASS opcodes by the pipe that executes them (sm_90; bertfast.analysis.gpus gives each pipe's lanes).
+PIPES = {
+    "mufu": ("MUFU",),
+    "fp32": ("FADD", "FMUL", "FFMA", "FMNMX", "FSET", "FSETP", "FSEL", "FSWZADD", "FCHK"),
+    "int": ("IMAD", "IMUL", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "LEA", "ISETP", "IMNMX", "SEL",
+            "IABS", "PRMT", "POPC", "FLO", "BREV", "BMSK", "SGXT", "VIMNMX", "IDP"),
+    "convert": ("F2F", "F2I", "I2F", "I2I", "F2FP", "FRND"),
+    "lsu": ("LDG", "STG", "LDS", "STS", "LDSM", "LD", "ST", "ATOM", "ATOMS", "ATOMG", "RED", "LDGSTS", "SHFL",
+            "LDL", "STL"),
+}
+_PIPE_OF = {op: pipe for pipe, ops in PIPES.items() for op in ops}
+
+
+def pipe_counts(sass: Sass, trips: float) -> dict[str, float]:
+    """Executed warp-instructions of each pipe (per warp)."""
+    out = dict.fromkeys(PIPES, 0.0)
+    for i, w in sass.counts(trips).items():
+        pipe = _PIPE_OF.get(sass.instructions[i][1].split(".")[0])
+        if pipe:
+            out[pipe] += w
+    return out
+
+
+def pipe_floors(sass: Sass, trips: float, warps_launched: float, gpu=h200) -> dict[str, float]:
+    """Seconds each pipe needs for the launch's warp-instructions: lanes of work / (lanes per clock per SM
+    x SMs x clock)."""
+    lanes = {"mufu": gpu.MUFU_LANES, "fp32": gpu.FP32_LANES, "int": gpu.INT_LANES, "convert": gpu.CONVERT_LANES,
+             "lsu": gpu.LSU_LANES}
+    return {pipe: n * warps_launched * 32 / (lanes[pipe] * gpu.SMS * gpu.CLOCK_HZ)
+            for pipe, n in pipe_counts(sass, trips).items()}
+
+
+def predict(scenario: Scenario, launch: Launch, binary: Binary, gpu=h200, work: Work | None = None) -> Prediction:
+    """The launch's floors on `gpu` (default: the H200 the report is for); `work`: its minimum bytes and
+    loop trips when _work has no model of the kernel (bertfast.analysis.predict estimates them)."""
+    work = work if work is not None else _work(launch, binary)
     blocks = launch.grid[0] * launch.grid[1] * launch.grid[2] if launch.kind == "triton" else extension_launch(launch)[3]
     per_sm = binary.blocks_per_sm()
     if per_sm == 0:
         raise RuntimeError(f"{binary.name}: does not fit on an SM (registers {binary.registers}, "
                            f"shared {binary.shared_bytes} B)")
-    resident = min(per_sm, math.ceil(blocks / h200.SMS))
-    waves = blocks / (per_sm * h200.SMS)
+    resident = min(per_sm, math.ceil(blocks / gpu.SMS))
+    waves = blocks / (per_sm * gpu.SMS)
     warps_launched = blocks * binary.warps
     sass = binary.sass
     executed = sass.executed(work.trips)
@@ -589,18 +624,18 @@ def predict(scenario: Scenario, launch: Launch, binary: Binary) -> Prediction:
     # same address in every lane), never activations, whose elements are 16 or 32 bits.
     data = {w: n for w, n in widths.items() if w != "64"}
     share_128 = data.get("128", 0.0) * 128 / max(sum(float(w) * n for w, n in data.items()), 1e-9)
-    memory = work.bytes / h200.COPY_BYTES_PER_S
+    memory = work.bytes / (gpu.COPY_BYTES_PER_S * gpu.STREAM_EFFICIENCY)
     in_flight = resident * work.in_flight_per_block
-    latency = memory / min(1.0, in_flight / h200.BYTES_IN_FLIGHT_PER_SM) if in_flight else memory
+    latency = memory / min(1.0, in_flight / gpu.BYTES_IN_FLIGHT_PER_SM) if in_flight else memory
     resident_warps = resident * binary.warps
-    issue_rate = h200.ISSUE_PER_S * min(1.0, resident_warps / h200.ISSUE_PER_CLOCK_PER_SM)
+    issue_rate = gpu.ISSUE_PER_S * min(1.0, resident_warps / gpu.ISSUE_PER_CLOCK_PER_SM)
     issue = executed * warps_launched / issue_rate
     hgmma = sass.opcode_count("HGMMA", work.trips)
     hmma = sass.opcode_count("HMMA", work.trips)
     tensor = 0.0
     if work.flops:
         if "fma" in binary.dots:
-            tensor = work.flops / h200.FP32_FMA_FLOPS
+            tensor = work.flops / gpu.FP32_FMA_FLOPS
         else:
             # HGMMA.64xNx16 is issued by each of a warpgroup's 4 warps; HMMA.16816 does 16x8x16 per warp.
             weights = sass.counts(work.trips)
@@ -609,9 +644,11 @@ def predict(scenario: Scenario, launch: Launch, binary: Binary) -> Prediction:
             hmma_flops = 4096.0 * hmma
             share_mma = hmma_flops / max(hgmma_flops + hmma_flops, 1e-9)
             tf32 = any(".TF32" in op for _, op, _ in sass.instructions if "MMA" in op)
-            fast = h200.TF32_MATMUL_FLOPS if tf32 else h200.BF16_MATMUL_FLOPS
-            tensor = work.flops * ((1 - share_mma) / fast + share_mma / h200.MMA_SYNC_FLOPS)
-    floors = {"memory": memory, "latency": latency, "issue": issue, "tensor": tensor}
+            fast = gpu.TF32_MATMUL_FLOPS if tf32 else gpu.BF16_MATMUL_FLOPS
+            tensor = work.flops * ((1 - share_mma) / fast + share_mma / gpu.MMA_SYNC_FLOPS)
+    pipes = pipe_floors(sass, work.trips, warps_launched, gpu)
+    floors = {"memory": memory, "latency": latency, "issue": issue, "tensor": tensor,
+              **{f"{pipe} pipe": t for pipe, t in pipes.items()}}
     bound = max(floors, key=floors.get)
     predicted = floors[bound]
     return Prediction(
@@ -620,7 +657,7 @@ def predict(scenario: Scenario, launch: Launch, binary: Binary) -> Prediction:
         binary.dots, round(executed, 1), sass.per_trip(), round(work.trips, 2), hgmma, hmma, work.bytes, work.flops,
         round(in_flight), memory * 1e6, latency * 1e6, issue * 1e6, tensor * 1e6, predicted * 1e6, bound,
         round(memory / predicted, 3) if predicted else 0.0, round(tensor / predicted, 3) if predicted else 0.0,
-        work.op_bytes)
+        work.op_bytes, {k: v * 1e6 for k, v in pipes.items()})
 
 
 def _hgmma_flops(opcode: str) -> float:
@@ -782,7 +819,7 @@ def _table(predictions: list[Prediction]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bertfast.kernels.sm90", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bertfast.analysis", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", help="also write every prediction as JSON")
     parser.add_argument("--filter", default="", help="only scenarios whose label contains this")
     args = parser.parse_args(argv)

@@ -7,8 +7,8 @@ other thing a GPU would do: allocations (and whether they were zero-filled), tor
 bytes they read and write, calls into the compiled extension, copies between host and device, and host
 synchronisations (`.item()`, `.tolist()`, `bool(tensor)`, `nonzero`).
 
-The same record serves two proofs: bertfast.kernels.sm90 compiles exactly the launched variants for its
-static roofline model, and bertfast.kernels.traffic checks each op's allocations, launches and syncs.
+The same record serves two proofs: bertfast.analysis.sm90 compiles exactly the launched variants for its
+static roofline model, and bertfast.analysis.traffic checks each op's allocations, launches and syncs.
 A value a host sync would read is not known on meta tensors: integer syncs (`.item()`) return
 `host_int` (say, the sequence length, for the longest-sequence sync of padding-free execution), boolean
 ones False, copies to the host zeros (or what `host_copy` makes of the meta tensor), and `nonzero`
@@ -17,6 +17,7 @@ assumes every element is non-zero.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,7 @@ class Launch:
     kwargs: dict = field(default_factory=dict)
     # triton launches: made under launch.device_guard of a tensor of the launch (its device current)
     device_guarded: bool = False
+    flops: float = 0.0  # torch matmuls: 2 x multiply-adds
 
     def bound_args(self) -> dict:
         """Every parameter of a Triton kernel by name (positional and keyword, constexprs included)."""
@@ -82,6 +84,11 @@ def specialisation(launch: Launch, target):
     return signature, constexprs, attrs, options
 
 
+def on_device(t: torch.Tensor) -> bool:
+    """A tensor standing for device memory: a meta tensor, or a fake CUDA tensor (FakeTensorMode)."""
+    return t.device.type == "meta" or type(t).__name__ == "FakeTensor"
+
+
 def _nbytes(t) -> int:
     return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
@@ -97,6 +104,21 @@ def _tensors(tree) -> list[torch.Tensor]:
         for x in tree.values():
             out.extend(_tensors(x))
     return out
+
+
+def _flops_of(name: str, args: tuple) -> float:
+    """FLOPs of a torch matmul from its arguments' shapes (2 per multiply-add)."""
+    shapes = [a.shape for a in args if isinstance(a, torch.Tensor)]
+    if name in ("mm", "matmul") and len(shapes) >= 2:
+        (m, k), (_, n) = shapes[0][-2:], shapes[1][-2:]
+        return 2.0 * m * k * n
+    if name == "addmm" and len(shapes) >= 3:
+        (m, k), (_, n) = shapes[1], shapes[2]
+        return 2.0 * m * k * n
+    if name in ("bmm", "baddbmm") and len(shapes) >= 2:
+        a, b = shapes[-2], shapes[-1]
+        return 2.0 * math.prod(a[:-1]) * a[-1] * b[-1]
+    return 0.0
 
 
 _ALLOCATIONS = {aten.empty.memory_format, aten.empty_like.default, aten.empty_strided.default,
@@ -119,7 +141,7 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        inputs = [t for t in _tensors((args, kwargs)) if t.device.type == "meta"]
+        inputs = [t for t in _tensors((args, kwargs)) if on_device(t)]
         name = str(func.overloadpacket.__name__)
         if func in _SYNCS and inputs:  # (on CPU tensors, e.g. a dropout seed drawn on the host: no wait)
             self.events.append(Launch("sync", name, nbytes_read=sum(map(_nbytes, inputs))))
@@ -141,8 +163,8 @@ class _Recorder(TorchDispatchMode):
         if func in _FREE or func.is_view:
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
-        outputs = [t for t in _tensors(out) if t.device.type == "meta"]
-        if not outputs and not inputs:
+        outputs = [t for t in _tensors(out) if on_device(t)]
+        if not outputs and (not inputs or not func._schema.is_mutable):  # (nothing written: prim.device, ...)
             return out
         allocated = sum(map(_nbytes, outputs))
         if func in _ALLOCATIONS:
@@ -159,7 +181,8 @@ class _Recorder(TorchDispatchMode):
                 written = sum(_nbytes(a) for a, arg in zip(args, func._schema.arguments)
                               if isinstance(a, torch.Tensor) and arg.alias_info is not None and arg.alias_info.is_write)
             self.events.append(Launch("torch", name, nbytes_read=sum(map(_nbytes, inputs)), nbytes_written=written,
-                                      nbytes_allocated=0 if func._schema.is_mutable else allocated))
+                                      nbytes_allocated=0 if func._schema.is_mutable else allocated,
+                                      flops=_flops_of(name, args)))
         return out
 
 

@@ -1,6 +1,6 @@
 """The launch and traffic check: what each public op's CUDA path allocates, launches and waits for.
 
-Each op runs forward and backward on meta tensors inside bertfast.kernels.trace.gpu_trace (no GPU), at
+Each op runs forward and backward on meta tensors inside bertfast.analysis.trace.gpu_trace (no GPU), at
 BERT-base's shapes in bf16 with dropout on, and is held to its design:
 - launches: at most the number the design needs (Triton kernels, extension kernels and torch kernels
   alike: each costs a launch and a pass over its bytes);
@@ -11,7 +11,7 @@ BERT-base's shapes in bf16 with dropout on, and is held to its design:
   layer; the model's forward as a whole has one, where it packs the batch (bertfast.ops.unpad);
 - every Triton launch made under its tensors' device guard (launch.device_guard: Triton launches on the
   current device, not the tensors').
-`python -m bertfast.kernels.traffic` prints the table; tests/test_traffic.py asserts it, and shows once
+`python -m bertfast.analysis.traffic` prints the table; tests/test_traffic.py asserts it, and shows once
 that a deliberately wasteful variant fails.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bertfast.kernels.trace import Launch, gpu_trace, meta
+from bertfast.analysis.trace import Launch, gpu_trace, meta
 
 TOKENS, HIDDEN, INTERMEDIATE, HEADS, SEQ = 16384, 768, 3072, 12, 128
 SCRATCH_SHARE = 0.05  # allocations beyond the outputs, as a share of the minimum traffic

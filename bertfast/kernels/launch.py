@@ -33,7 +33,7 @@ def grid_1d(programs: int, what: str) -> tuple[int]:
     return (programs,)
 
 
-# Inside bertfast.kernels.trace.gpu_trace, meta tensors stand for CUDA tensors: this is then the guard
+# Inside bertfast.analysis.trace.gpu_trace, meta tensors stand for CUDA tensors: this is then the guard
 # the trace records (set by the trace; None otherwise).
 _TRACE_GUARD = None
 
@@ -97,7 +97,7 @@ class LayerNormConfig:
 def layer_norm_config(n: int, elem_bytes: int, backward: bool) -> LayerNormConfig:
     """Tile of the LayerNorm kernels: several rows per program at BERT's sizes (H <= 1024), so the row
     reductions and address math are shared and ~35 KB of loads are in flight per SM (the static model,
-    python -m bertfast.kernels.sm90, holds each choice to its bandwidth goal). The backward of rows wider
+    python -m bertfast.analysis, holds each choice to its bandwidth goal). The backward of rows wider
     than WIDE_ROW works in chunks of WIDE_CHUNK columns (a whole row of x, the residual, dy and their
     fp32 intermediates spilled registers: 96 to 1,984 bytes at 8,192 and 16,384)."""
     block, _ = row_config(n)
@@ -129,12 +129,12 @@ def column_reduction_config(n: int) -> tuple[int, int, int]:
 
 
 def multiprocessor_count(device) -> int:
-    """SMs of the GPU a tensor lives on; meta tensors (bertfast.kernels.trace) stand for the H200 the
+    """SMs of the GPU a tensor lives on; meta tensors (bertfast.analysis.trace) stand for the H200 the
     static model predicts for."""
     if device.type == "meta":
-        from bertfast.kernels import h200
+        from bertfast.analysis.gpus import H200
 
-        return h200.SMS
+        return H200.SMS
     import torch
 
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -176,7 +176,7 @@ class AttentionConfig:
 
 def attention_config(head_dim: int, dtype, seq: int = 512) -> AttentionConfig:
     """Tiles of the attention kernels, by head dim, dtype and sequence length. Chosen without a GPU by the
-    static model (python -m bertfast.kernels.sm90: wgmma for every fp16/bf16 matmul, no spills, the
+    static model (python -m bertfast.analysis: wgmma for every fp16/bf16 matmul, no spills, the
     largest floor smallest); not autotuned."""
     import torch
 

@@ -93,7 +93,7 @@ def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, 
     dw = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     db = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     # Software pipelined: each step loads the next step's rows before working on its own, so two steps'
-    # loads are in flight per program (Little's law; see python -m bertfast.kernels.sm90).
+    # loads are in flight per program (Little's law; see python -m bertfast.analysis).
     rows = pid * ROWS + tl.arange(0, ROWS)
     mask = (rows < M)[:, None] & col_ok[None, :]
     x, r = _load_rows(X, R, rows, cols, mask, N, HAS_RESIDUAL)

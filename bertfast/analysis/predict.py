@@ -1,0 +1,176 @@
+"""`bertfast.analysis.predict(fn, *args, gpu="h200", **kwargs)`: the predicted time of every kernel a
+function launches on an H100 or H200, without a GPU.
+
+`fn(*args, **kwargs)` runs inside `gpu_trace` with its tensor arguments standing for CUDA tensors: meta
+tensors by default (bertfast's ops take their GPU path for them), or, with `cuda=True`, fake CUDA tensors
+(FakeTensorMode) for code that checks `tensor.device.type == "cuda"` or asks torch.cuda for the device's
+properties, as third-party launchers such as Liger-Kernel's do. Every Triton launch is compiled for sm_90
+exactly as the JIT would (its specialisation included) and predicted from its SASS by the static model
+(bertfast.analysis.sm90): floors for memory (bytes / the copy bandwidth a streaming kernel sustains),
+loads in flight (Little's law), instruction issue, each pipe (MUFU, FP32, integer, conversions,
+load/store), and the tensor cores; the kernel takes the largest, and every launch pays a fixed cost on
+the device timeline. Torch kernels in the trace (copies, fills, reductions, elementwise, matmuls) are
+predicted from the bytes they read and write and their FLOPs.
+
+Minimum bytes: bertfast's kernels have a model of their own (sm90._work); any other kernel is charged
+each tensor argument once (read or written), and its loops' trips are estimated as the bytes each program
+moves over the bytes one trip of its loop loads.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from unittest import mock
+
+import torch
+
+from bertfast.analysis import gpus, sm90
+from bertfast.analysis.trace import Launch, gpu_trace, on_device
+
+
+@dataclass
+class LaunchPrediction:
+    name: str            # the Triton kernel's name, or the torch op's
+    kind: str            # "triton", "torch" or "extension"
+    us: float            # predicted microseconds, the launch's fixed cost included
+    bound: str           # the largest floor
+    floors: dict = field(default_factory=dict)  # floor name -> microseconds (the launch cost as "launch")
+    bytes: float = 0.0   # the bytes the model charges
+    flops: float = 0.0
+    grid: tuple = ()
+    detail: object = field(default=None, repr=False)  # sm90.Prediction, for Triton launches
+
+
+def _stand_in(tree, cuda: bool):
+    """Tensors of any device -> meta tensors (or fake CUDA ones) of the same shape, dtype, strides and
+    requires_grad; other values unchanged."""
+    if isinstance(tree, torch.Tensor):
+        if on_device(tree):
+            return tree
+        t = torch.empty_strided(tree.shape, tree.stride(), dtype=tree.dtype, device="cuda" if cuda else "meta")
+        return t.requires_grad_(tree.requires_grad) if tree.is_floating_point() else t
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_stand_in(x, cuda) for x in tree)
+    if isinstance(tree, dict):
+        return {k: _stand_in(v, cuda) for k, v in tree.items()}
+    return tree
+
+
+class _Properties:
+    def __init__(self, gpu: gpus.GPU) -> None:
+        self.name = gpu.NAME
+        self.multi_processor_count = gpu.SMS
+        self.major, self.minor = 9, 0
+        self.total_memory = 80 << 30
+        self.max_shared_memory_per_block_optin = gpu.SHARED_BYTES_PER_BLOCK
+        self.regs_per_multiprocessor = gpu.REGISTERS_PER_SM
+        self.warp_size = 32
+
+
+@contextlib.contextmanager
+def _fake_cuda(gpu: gpus.GPU):
+    """FakeTensorMode for CUDA tensors on a machine without one, and torch.cuda answering for `gpu`."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    patches = [mock.patch("torch.cuda.get_device_properties", lambda *a, **k: _Properties(gpu)),
+               mock.patch("torch.cuda.is_available", lambda: True),
+               mock.patch("torch.cuda.device_count", lambda: 1),
+               mock.patch("torch.cuda.current_device", lambda: 0),
+               mock.patch("torch.cuda.get_device_capability", lambda *a, **k: (9, 0)),
+               mock.patch("torch.cuda.device", lambda *a, **k: contextlib.nullcontext())]
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+        yield
+
+
+def _generic_work(launch: Launch, binary: sm90.Binary) -> sm90.Work:
+    """Bytes and loop trips of a kernel sm90 has no model of: each tensor argument once; trips from the
+    bytes a program moves over what one trip of its loop loads."""
+    tensors = {id(t): t for t in (*launch.args, *launch.kwargs.values()) if isinstance(t, torch.Tensor)}
+    moved = float(sum(t.numel() * t.element_size() for t in tensors.values()))
+    programs = max(1, launch.grid[0] * launch.grid[1] * launch.grid[2])
+    per_program = moved / programs
+    sass = binary.sass
+    loops = sass.outer_loops()
+    trips = 0.0
+    if loops:
+        per_trip = 0.0
+        for first, last in loops:
+            for _, opcode, _ in sass.instructions[first:last + 1]:
+                base = opcode.split(".")[0]
+                if base in ("LDG", "LDGSTS", "STG"):
+                    width = 128 if ".128" in opcode else 64 if ".64" in opcode else 16 if ".U16" in opcode else 32
+                    per_trip += width / 8 * 32 * binary.warps
+        trips = max(1.0, per_program / per_trip) if per_trip else 1.0
+    in_flight = per_program if not loops else per_program / max(trips, 1.0)
+    return sm90.Work(moved, trips=trips, in_flight_per_block=in_flight)
+
+
+_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "_scaled_mm"}
+
+
+def _torch_prediction(event: Launch, gpu: gpus.GPU) -> LaunchPrediction:
+    moved = float(event.nbytes_read + event.nbytes_written)
+    floors = {"memory": moved / (gpu.COPY_BYTES_PER_S * gpu.STREAM_EFFICIENCY) * 1e6}
+    flops = 0.0
+    if event.name in _MATMULS and event.flops:
+        flops = event.flops
+        floors["tensor"] = flops / gpu.BF16_MATMUL_FLOPS * 1e6
+    bound = max(floors, key=floors.get)
+    floors["launch"] = gpu.LAUNCH_US
+    return LaunchPrediction(event.name, event.kind, floors[bound] + gpu.LAUNCH_US, bound, floors, moved, flops)
+
+
+def _triton_prediction(event: Launch, gpu: gpus.GPU, binaries: dict) -> LaunchPrediction:
+    key = sm90.variant_key(event)
+    if key not in binaries:
+        binaries[key] = sm90.Binary.of_triton(event)
+    binary = binaries[key]
+    try:
+        work = sm90._work(event, binary)
+    except KeyError:
+        work = _generic_work(event, binary)
+    scenario = sm90.Scenario(event.name, "", lambda: None)
+    p = sm90.predict(scenario, event, binary, gpu, work)
+    floors = {"memory": p.memory_us, "latency": p.latency_us, "issue": p.issue_us, "tensor": p.tensor_us,
+              **{f"{k} pipe": v for k, v in p.pipe_us.items()}}
+    bound = max(floors, key=floors.get)
+    floors["launch"] = gpu.LAUNCH_US
+    return LaunchPrediction(event.name, "triton", floors[bound] + gpu.LAUNCH_US, bound, floors, work.bytes,
+                            work.flops, event.grid, p)
+
+
+def predict(fn, *args, gpu: str | gpus.GPU = "h200", cuda: bool = False, calibrated: bool = True,
+            host_int: int = 0, **kwargs) -> list[LaunchPrediction]:
+    """Runs fn(*args, **kwargs) with its tensors standing for CUDA tensors (see the module docstring) and
+    returns the prediction of every kernel it launches, in launch order. gpu: "h200", "h100" or a
+    gpus.GPU; calibrated: the launch cost and streaming efficiency fitted to measured kernels
+    (bertfast.analysis.calibrate) rather than the bare roofline; host_int: what an integer host sync reads."""
+    target = gpus.get(gpu)
+    if calibrated:
+        from bertfast.analysis.calibrate import FIT
+
+        target = gpus.with_fit(target, FIT["launch_us"], FIT["stream_efficiency"])
+    with contextlib.ExitStack() as stack:
+        if cuda:
+            stack.enter_context(_fake_cuda(target))
+        if isinstance(fn, torch.nn.Module):  # its parameters and buffers stand in for CUDA ones too
+            state = {**dict(fn.named_parameters()), **dict(fn.named_buffers())}
+            state = {k: _stand_in(v, cuda) for k, v in state.items()}
+            module, fn = fn, lambda *a, **k: torch.func.functional_call(module, state, a, k)
+        events = stack.enter_context(gpu_trace(host_int=host_int))
+        fn(*_stand_in(args, cuda), **_stand_in(kwargs, cuda))
+    binaries: dict = {}
+    out = []
+    for event in events:
+        if event.kind == "triton":
+            out.append(_triton_prediction(event, target, binaries))
+        elif event.kind in ("torch", "extension"):
+            out.append(_torch_prediction(event, target))
+    return out
+
+
+def total_us(predictions: list[LaunchPrediction]) -> float:
+    return sum(p.us for p in predictions)

@@ -1,0 +1,91 @@
+"""The static model against real GPUs, no GPU needed: `bertfast.analysis.predict` on Liger-Kernel's own
+launchers at the shapes of Liger's committed H100 SXM measurements (benchmarks/calibration), median error
+at most 15% and no row worse than 35% (python -m bertfast.analysis.calibrate); and predict on any
+function: a third-party launcher passed as a plain function, bertfast's ops, torch's own kernels."""
+import re
+
+import pytest
+
+pytest.importorskip("liger_kernel")
+
+
+def test_calibration_on_liger_kernels_measured_on_h100(run_compiled):
+    out = run_compiled(module_args=["bertfast.analysis.calibrate"])
+    summary = re.search(r"(\d+) rows \(H100 SXM, forward\): median \|error\| ([0-9.]+)%, worst ([0-9.]+)%", out)
+    rows, median, worst = int(summary.group(1)), float(summary.group(2)), float(summary.group(3))
+    assert rows == 22, out  # every usable row (see bertfast/analysis/calibrate.py for the rest and why)
+    assert median <= 15 and worst <= 35, out
+    # each family is in, each with its measured series
+    for family in ("layer_norm", "fused_add_rms_norm", "megatron_rms_norm"):
+        assert sum(line.startswith(family) for line in out.splitlines()) >= 5, family
+
+
+def test_predict_a_third_party_launcher_as_a_plain_function(run_compiled):
+    out = run_compiled("""
+        import torch
+        from liger_kernel.ops.layer_norm import layer_norm_forward
+        from bertfast.analysis import predict
+        x, w, b = torch.empty(4096, 4096), torch.empty(4096), torch.empty(4096)
+        [p] = predict(lambda x, w, b: layer_norm_forward(x, w, b, 1e-6), x, w, b, gpu="h100", cuda=True)
+        assert p.name == "_layer_norm_forward_kernel" and p.kind == "triton" and p.grid == (4096, 1, 1), p
+        assert p.bound == "memory" and set(p.floors) >= {"memory", "issue", "tensor", "mufu pipe", "launch"}, p
+        # 2 x 64 MiB of fp32 rows (+ weights and statistics) at 98% of 3.05 TB/s, plus the 6.75 us launch
+        expected = (2 * 4096 * 4096 * 4 + 2 * 4096 * 4 + 2 * 4096 * 4) / (0.98 * 3.05e12) * 1e6 + 6.75
+        assert abs(p.us - expected) < 0.01 * expected, (p.us, expected)
+        [h200] = predict(lambda x, w, b: layer_norm_forward(x, w, b, 1e-6), x, w, b, gpu="h200", cuda=True)
+        assert h200.us < p.us  # the H200's bandwidth
+        # its backward, a plain function too: a persistent grid of one program per SM of the GPU asked for
+        from liger_kernel.ops.layer_norm import layer_norm_backward
+        mean, rstd = torch.empty(4096), torch.empty(4096)
+        back = predict(layer_norm_backward, torch.empty(4096, 4096), x, w, b, mean, rstd, gpu="h100", cuda=True)
+        kernel = next(q for q in back if q.kind == "triton")
+        assert kernel.grid == (132, 1, 1), kernel.grid
+        print("ok", round(p.us, 1), round(h200.us, 1), [(q.name, round(q.us, 1)) for q in back])
+    """)
+    assert "ok" in out
+
+
+def test_pipe_floors_charge_each_pipe_its_rate(run_compiled):
+    """One warp-instruction of each pipe, 132 x 64 warps: MUFU at 16 lanes a clock per SM, FP32 at 128,
+    integer at 64 (sm_90's throughput table)."""
+    out = run_compiled("""
+        from bertfast.analysis import gpus, sm90
+        text = "\\n".join(f"        /*{i * 16:04x}*/                   {op} R1, R2, R3 ;" for i, op in
+                           enumerate(["MUFU.EX2", "MUFU.EX2", "FFMA", "IMAD", "LDG.E.128", "F2FP.BF16.F32.PACK_AB"]))
+        sass = sm90.Sass.parse(text)
+        floors = sm90.pipe_floors(sass, 0, 132 * 64, gpus.H100)
+        clock = gpus.H100.CLOCK_HZ
+        expected = {"mufu": 2 * 64 * 32 / 16 / clock, "fp32": 64 * 32 / 128 / clock, "int": 64 * 32 / 64 / clock,
+                    "lsu": 64 * 32 / 32 / clock, "convert": 64 * 32 / 16 / clock}
+        for pipe, t in expected.items():
+            assert abs(floors[pipe] - t) < 1e-3 * t, (pipe, floors[pipe], t)
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_predict_bertfast_ops_and_torch_kernels(run_compiled):
+    out = run_compiled("""
+        import torch
+        import bertfast
+        from bertfast.analysis import predict, total_us
+        x = torch.empty(16384, 768, dtype=torch.bfloat16, requires_grad=True)
+        w = torch.empty(768, dtype=torch.bfloat16, requires_grad=True)
+        b = torch.empty(768, dtype=torch.bfloat16, requires_grad=True)
+        def step(x, w, b):
+            y = bertfast.ops.fused_residual_layer_norm(x, None, w, b, 1e-12)
+            y.backward(torch.empty_like(y))
+        launches = predict(step, x, w, b)
+        names = [p.name for p in launches]
+        assert "residual_layer_norm_fwd_kernel" in names and "residual_layer_norm_bwd_kernel" in names, names
+        assert all(p.us > 6.75 for p in launches), [(p.name, p.us) for p in launches]
+        fwd = launches[names.index("residual_layer_norm_fwd_kernel")]
+        assert fwd.bytes == 2 * 16384 * 768 * 2 + 8 * 16384, fwd.bytes  # bertfast's own model of the kernel
+        # torch's kernels get a prediction too: a matmul by its FLOPs
+        a, m = torch.empty(4096, 4096, dtype=torch.bfloat16), torch.empty(4096, 4096, dtype=torch.bfloat16)
+        [mm] = predict(torch.mm, a, m)
+        assert mm.kind == "torch" and mm.name == "mm" and mm.bound == "tensor", mm
+        assert abs(mm.flops - 2 * 4096 ** 3) < 1, mm.flops
+        print("ok", round(total_us(launches), 1), round(mm.us, 1))
+    """)
+    assert "ok" in out
