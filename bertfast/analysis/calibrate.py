@@ -3,7 +3,7 @@
 `python -m bertfast.analysis.calibrate [--csv PATH] [--fit]` calls `bertfast.analysis.predict` on Liger's
 own launchers (the installed `liger-kernel`, pinned in requirements-dev.txt) at each row's shapes with
 gpu="h100", and prints predicted against measured for every usable row, with the median and worst
-errors; `--fit` refits the model's two free constants (FIT below) to the rows.
+errors; `--fit` refits the model's two free constants (bertfast.analysis.gpus.FIT) to the rows.
 
 The rows (benchmarks/calibration/liger-kernel-measured.csv: Liger's benchmark/data/all_benchmark_data.csv,
 every committed version, for four kernel families; `source` names the commit of each row): triton's
@@ -31,10 +31,7 @@ import sys
 
 import torch
 
-# The model's two free constants, fitted to the rows above by `--fit` (least squares on log time, a grid
-# over both): a launch's fixed cost on the device timeline, and the share of the copy bandwidth a
-# streaming kernel sustains (of bertfast.analysis.gpus' copy rate).
-FIT = {"launch_us": 6.75, "stream_efficiency": 0.98}
+from bertfast.analysis.gpus import FIT
 
 CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks",
                    "calibration", "liger-kernel-measured.csv")

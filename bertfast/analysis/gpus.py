@@ -81,6 +81,12 @@ H100 = GPU(
 )
 GPUS = {"h200": H200, "h100": H100}
 
+# The two constants fitted to measured kernels by `python -m bertfast.analysis.calibrate --fit` (least
+# squares on log time over Liger-Kernel's H100 rows, a grid over both) [fit]: a launch's fixed cost on
+# the device timeline, and the share of the copy bandwidth above a streaming kernel sustains. predict()
+# applies them; the roofline report's floors are without them.
+FIT = {"launch_us": 6.75, "stream_efficiency": 0.98}
+
 
 def get(gpu: str | GPU) -> GPU:
     if isinstance(gpu, GPU):

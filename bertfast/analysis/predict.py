@@ -147,12 +147,11 @@ def predict(fn, *args, gpu: str | gpus.GPU = "h200", cuda: bool = False, calibra
     """Runs fn(*args, **kwargs) with its tensors standing for CUDA tensors (see the module docstring) and
     returns the prediction of every kernel it launches, in launch order. gpu: "h200", "h100" or a
     gpus.GPU; calibrated: the launch cost and streaming efficiency fitted to measured kernels
-    (bertfast.analysis.calibrate) rather than the bare roofline; host_int: what an integer host sync reads."""
+    (bertfast.analysis.gpus.FIT, from bertfast.analysis.calibrate) rather than the bare roofline;
+    host_int: what an integer host sync reads."""
     target = gpus.get(gpu)
     if calibrated:
-        from bertfast.analysis.calibrate import FIT
-
-        target = gpus.with_fit(target, FIT["launch_us"], FIT["stream_efficiency"])
+        target = gpus.with_fit(target, gpus.FIT["launch_us"], gpus.FIT["stream_efficiency"])
     with contextlib.ExitStack() as stack:
         if cuda:
             stack.enter_context(_fake_cuda(target))
