@@ -9,8 +9,9 @@ exactly as the JIT would (its specialisation included) and predicted from its SA
 (bertfast.analysis.sm90): floors for memory (bytes / the copy bandwidth a streaming kernel sustains),
 loads in flight (Little's law), instruction issue, each pipe (MUFU, FP32, integer, conversions,
 load/store), and the tensor cores; the kernel takes the largest, and every launch pays a fixed cost on
-the device timeline. Torch kernels in the trace (copies, fills, reductions, elementwise, matmuls) are
-predicted from the bytes they read and write and their FLOPs.
+the device timeline. Torch kernels in the trace (copies, fills, reductions, elementwise, matmuls) and the
+extension's are predicted from the bytes they read and write, matmuls also from their FLOPs at the bf16
+matmul rate (the rate cuBLAS reaches on a large bf16 matmul; fp32 and small matmuls are slower).
 
 Minimum bytes: bertfast's kernels have a model of their own (sm90._work); any other kernel is charged
 each tensor argument once (read or written), and its loops' trips are estimated as the bytes each program
