@@ -89,3 +89,16 @@ def test_predict_bertfast_ops_and_torch_kernels(run_compiled):
         print("ok", round(total_us(launches), 1), round(mm.us, 1))
     """)
     assert "ok" in out
+
+
+def test_predicted_training_step_against_transformers(run_compiled):
+    """One layer of BERT-base, traced the same way for both: bertfast predicts faster than transformers'
+    eager step, and faster still with half the tokens padding (packing skips them)."""
+    out = run_compiled(module_args=["bertfast.analysis.step", "--layers", "1"])
+    totals = {}
+    for line in out.splitlines():
+        for name in ("bertfast, no padding", "bertfast, 50% padding", "transformers eager"):
+            if line.startswith(name):
+                totals[name] = float(line.split()[-3])
+    assert len(totals) == 3, out
+    assert totals["bertfast, 50% padding"] < totals["bertfast, no padding"] < totals["transformers eager"], totals

@@ -144,12 +144,12 @@ def _triton_prediction(event: Launch, gpu: gpus.GPU, binaries: dict) -> LaunchPr
 
 
 def predict(fn, *args, gpu: str | gpus.GPU = "h200", cuda: bool = False, calibrated: bool = True,
-            host_int: int = 0, **kwargs) -> list[LaunchPrediction]:
+            host_int: int = 0, host_copy=None, **kwargs) -> list[LaunchPrediction]:
     """Runs fn(*args, **kwargs) with its tensors standing for CUDA tensors (see the module docstring) and
     returns the prediction of every kernel it launches, in launch order. gpu: "h200", "h100" or a
     gpus.GPU; calibrated: the launch cost and streaming efficiency fitted to measured kernels
     (bertfast.analysis.gpus.FIT, from bertfast.analysis.calibrate) rather than the bare roofline;
-    host_int: what an integer host sync reads."""
+    host_int, host_copy: what a host sync reads (trace.gpu_trace)."""
     target = gpus.get(gpu)
     if calibrated:
         target = gpus.with_fit(target, gpus.FIT["launch_us"], gpus.FIT["stream_efficiency"])
@@ -160,7 +160,7 @@ def predict(fn, *args, gpu: str | gpus.GPU = "h200", cuda: bool = False, calibra
             state = {**dict(fn.named_parameters()), **dict(fn.named_buffers())}
             state = {k: _stand_in(v, cuda) for k, v in state.items()}
             module, fn = fn, lambda *a, **k: torch.func.functional_call(module, state, a, k)
-        events = stack.enter_context(gpu_trace(host_int=host_int))
+        events = stack.enter_context(gpu_trace(host_int=host_int, host_copy=host_copy))
         fn(*_stand_in(args, cuda), **_stand_in(kwargs, cuda))
     binaries: dict = {}
     out = []

@@ -278,4 +278,7 @@ MUTANTS = [
     Mutant("fake CUDA: the device's SM count not answered", "bertfast/analysis/predict.py",
            "        self.multi_processor_count = gpu.SMS", "        self.multi_processor_count = 1",
            ("tests/test_calibration.py", "-k third_party")),
+    Mutant("predicted step: the padded batch charged its padding", "bertfast/analysis/step.py",
+           "total = int(BATCH * SEQ * real_fraction)", "total = int(BATCH * SEQ)",
+           ("tests/test_calibration.py", "-k training_step")),
 ]
