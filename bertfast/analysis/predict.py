@@ -97,13 +97,9 @@ def _generic_work(launch: Launch, binary: sm90.Binary) -> sm90.Work:
     loops = sass.outer_loops()
     trips = 0.0
     if loops:
-        per_trip = 0.0
-        for first, last in loops:
-            for _, opcode, _ in sass.instructions[first:last + 1]:
-                base = opcode.split(".")[0]
-                if base in ("LDG", "LDGSTS", "STG"):
-                    width = 128 if ".128" in opcode else 64 if ".64" in opcode else 16 if ".U16" in opcode else 32
-                    per_trip += width / 8 * 32 * binary.warps
+        bits = (sm90.global_access_bits(opcode) for first, last in loops
+                for _, opcode, _ in sass.instructions[first:last + 1])
+        per_trip = sum(b / 8 * 32 * binary.warps for b in bits if b)
         trips = max(1.0, per_program / per_trip) if per_trip else 1.0
     in_flight = per_program if not loops else per_program / max(trips, 1.0)
     return sm90.Work(moved, trips=trips, in_flight_per_block=in_flight)
@@ -135,8 +131,7 @@ def _triton_prediction(event: Launch, gpu: gpus.GPU, binaries: dict) -> LaunchPr
         work = _generic_work(event, binary)
     scenario = sm90.Scenario(event.name, "", lambda: None)
     p = sm90.predict(scenario, event, binary, gpu, work)
-    floors = {"memory": p.memory_us, "latency": p.latency_us, "issue": p.issue_us, "tensor": p.tensor_us,
-              **{f"{k} pipe": v for k, v in p.pipe_us.items()}}
+    floors = p.floors()
     bound = max(floors, key=floors.get)
     floors["launch"] = gpu.LAUNCH_US
     return LaunchPrediction(event.name, "triton", floors[bound] + gpu.LAUNCH_US, bound, floors, work.bytes,

@@ -300,21 +300,26 @@ class Sass:
         """Executed global loads/stores by width in bits (LDG, STG, LDGSTS = cp.async)."""
         out: dict[str, float] = {}
         for i, w in self.counts(trips).items():
-            opcode = self.instructions[i][1]
-            base = opcode.split(".")[0]
-            if base not in ("LDG", "STG", "LDGSTS"):
-                continue
-            parts = opcode.split(".")
-            width = 32
-            for part in parts[1:]:
-                if part in ("128", "64"):
-                    width = int(part)
-                elif part in ("U16", "S16"):
-                    width = 16
-                elif part in ("U8", "S8"):
-                    width = 8
-            out[str(width)] = out.get(str(width), 0.0) + w
+            width = global_access_bits(self.instructions[i][1])
+            if width:
+                out[str(width)] = out.get(str(width), 0.0) + w
         return out
+
+
+def global_access_bits(opcode: str) -> int | None:
+    """Bits one lane moves in a global load or store (LDG, STG, LDGSTS = cp.async); None for other opcodes."""
+    parts = opcode.split(".")
+    if parts[0] not in ("LDG", "STG", "LDGSTS"):
+        return None
+    width = 32
+    for part in parts[1:]:
+        if part in ("128", "64"):
+            width = int(part)
+        elif part in ("U16", "S16"):
+            width = 16
+        elif part in ("U8", "S8"):
+            width = 8
+    return width
 
 
 def _sass_text(cubin: bytes) -> tuple[str, str]:
@@ -571,6 +576,19 @@ class Prediction:
     op_bytes: float = 0.0  # the minimum bytes of the whole op this launch belongs to (embedding only)
     pipe_us: dict = field(default_factory=dict)  # each pipe's floor (MUFU, FP32, integer, conversions, LSU)
 
+    def floors(self) -> dict[str, float]:
+        """Every floor in microseconds, by name (the predicted time is the largest)."""
+        return {"memory": self.memory_us, "latency": self.latency_us, "issue": self.issue_us,
+                "tensor": self.tensor_us, **{f"{pipe} pipe": t for pipe, t in self.pipe_us.items()}}
+
+
+def calibrated_us(floors: dict[str, float], launch_us: float, stream_efficiency: float) -> float:
+    """A launch's time from its bare floors (full copy bandwidth, no launch cost) under the calibrated
+    constants: the bandwidth floors divided by the streaming efficiency, the largest floor, plus the
+    launch's fixed cost. What predict() computes with a calibrated GPU, for floors computed without."""
+    scaled = {k: v / stream_efficiency if k in ("memory", "latency") else v for k, v in floors.items() if k != "launch"}
+    return max(scaled.values()) + launch_us
+
 
 # SASS opcodes by the pipe that executes them (sm_90; bertfast.analysis.gpus gives each pipe's lanes).
 PIPES = {
@@ -776,7 +794,7 @@ def calibrated(predictions: list[Prediction]) -> list[tuple[Prediction, float, f
     out = []
     for p in predictions:
         if p.training and p.family != "attention" and p.bytes >= 4e6:
-            us = p.predicted_us / FIT["stream_efficiency"] + FIT["launch_us"]
+            us = calibrated_us(p.floors(), FIT["launch_us"], FIT["stream_efficiency"])
             out.append((p, us, p.memory_us / us))
     return out
 

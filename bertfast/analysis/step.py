@@ -30,15 +30,10 @@ def _bertfast_step(layers: int, real_fraction: float):
     cfg = bertfast.BertConfig.base(num_hidden_layers=layers)
     with torch.device("meta"):
         model = bertfast.BertModel(cfg, add_pooling_layer=False).to(torch.bfloat16)
-    model.train()
     total = int(BATCH * SEQ * real_fraction)
     # the forward's one host read: id range, mask values ok, all real, longest row, token count, position 0 real
     facts = torch.tensor([0, 30000, 1, int(real_fraction == 1.0), SEQ, total, 1])
-
-    def step(ids, mask):
-        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        out.backward(torch.empty_like(out))
-    return step, facts
+    return _training_step(model), facts
 
 
 def _transformers_step(layers: int):
@@ -48,6 +43,11 @@ def _transformers_step(layers: int):
     cfg._attn_implementation = "eager"
     with torch.device("meta"):
         model = transformers.BertModel(cfg, add_pooling_layer=False).to(torch.bfloat16)
+    return _training_step(model)
+
+
+def _training_step(model):
+    """The encoder's forward and backward (a gradient of the hidden states' shape), in training mode."""
     model.train()
 
     def step(ids, mask):
@@ -96,22 +96,29 @@ def main(argv: list[str] | None = None) -> int:
         low, high = speedup_range(s, eager)
         print(f"{name:<24} {s['launches']:>8.0f} {s.get('matmuls', 0):>10.2f} {s.get('attention kernels', 0):>12.2f} "
               f"{s.get('other', 0):>9.2f} {s['total']:>9.2f} {base / s['total']:>7.2f}x  {low:.2f}-{high:.2f}x")
-    print(f"range: the other kernels off by the calibration's worst error ({WORST:.0%}) in opposite directions for the "
+    print(f"range: the other kernels off by the calibration's worst error ({_worst():.0%}) in opposite directions for the "
           "two, and bertfast's attention kernels up to 2x slower than predicted (the static floors' optimism "
           "against published attention measurements); matmuls at the measured rate in both")
     return 0
 
 
-WORST = 0.262  # the calibration's worst row (python -m bertfast.analysis.calibrate)
 
 
 def speedup_range(s: dict, eager: dict) -> tuple[float, float]:
     """(low, high) predicted speedup over transformers eager under the errors main() prints."""
+    worst = _worst()
+
     def time(x, other_error, attention_factor):
         return x.get("matmuls", 0) + attention_factor * x.get("attention kernels", 0) + (1 + other_error) * x.get("other", 0)
-    low = time(eager, -WORST, 1) / time(s, WORST, 2)
-    high = time(eager, WORST, 1) / time(s, -WORST, 1)
+    low = time(eager, -worst, 1) / time(s, worst, 2)
+    high = time(eager, worst, 1) / time(s, -worst, 1)
     return low, high
+
+
+def _worst() -> float:
+    from bertfast.analysis.gpus import FIT
+
+    return FIT["worst_error"]
 
 
 if __name__ == "__main__":
