@@ -10,13 +10,21 @@ For each launch at BERT's shapes (T = 16,384 tokens; S = 128/512/1024 for attent
 cubin (cuobjdump -sass, -res-usage) and the TTGIR and reports: registers, spills, shared memory, blocks
 and warps per SM, waves over the SMs, the share of global memory instructions that move 128 bits, how
 each tl.dot lowered (wgmma = HGMMA, mma.sync = HMMA, FMA), SASS instructions per warp (in total and
-per loop trip), the minimum HBM bytes and the FLOPs, and four floors:
+per loop trip), the minimum HBM bytes and the FLOPs, and these floors:
   memory   minimum bytes / measured copy bandwidth
   latency  the same, scaled up when the loads in flight per SM are too few for Little's law
   issue    SASS instructions executed (per warp x warps launched) / 4 warp-instructions per clock per SM
-  tensor   FLOPs / the rate of the unit the matmuls lowered to (wgmma, mma.sync, FMA)
-The predicted time is the largest floor; the report prints it with the fraction of copy bandwidth it
-achieves (memory-bound kernels) or of the tensor floor (attention). Constants: bertfast.analysis.gpus.
+  pipes    each pipe's instructions (MUFU, FP32, integer, conversions, load/store) at its lanes per clock
+  tensor   FLOPs / the rate of the unit the matmuls lowered to (wgmma, mma.sync, FMA), slower for a wgmma
+           shape whose shared-memory operands take longer to read than its FLOPs (hgmma_shape_factor)
+  tensor+issue  for a loop that waits for each wgmma before using its result (attention): the tensor
+           floor plus the largest of the issue and pipe floors, plus one DRAM latency
+The per-SM floors (issue, pipes, tensor) are scaled by the last wave's tail (the busiest SM's programs
+over the mean). The predicted time is the largest floor; the report prints it with the fraction of copy
+bandwidth it achieves (memory-bound kernels) or of the tensor floor (attention), the memory-bound
+launches under the constants calibrated on measured kernels (gpus.FIT), and each attention scenario in
+TFLOP/s under them beside the published measurements at its shape (gpus.ATTENTION_PUBLISHED), none of
+which it may exceed. Constants: bertfast.analysis.gpus.
 
 `python -m bertfast.analysis [--json PATH]` prints the table and checks the goals (GOALS); it exits 1
 when a goal is missed. tests/test_sm90_compile.py runs it in CI.
@@ -173,6 +181,13 @@ def scenarios() -> list[Scenario]:
                                 _layer_norm(TOKENS, hidden, fp32, 0.0, False, fp32, fp32), False))
             out.append(Scenario(f"bias_gelu {model} bf16-autocast", "bias_gelu",
                                 _bias_gelu(TOKENS, inter, amp, fp32), True))
+    # At the published measurements' own shape (16k tokens, hidden 2048: 32 heads of 64, 16 of 128; every
+    # sequence full), for the comparison with them (attention_rates).
+    for head_dim in (64, 128):
+        for seq in (512, 1024, 2048):
+            for p in (0.0, 0.1):
+                out.append(Scenario(f"attention published-d{head_dim} bf16 padded S={seq} p={p}", "attention",
+                                    _attention(TOKENS, seq, 2048 // head_dim, head_dim, torch.bfloat16, p, False)))
     for hidden in (8192, 16384):  # the widest rows the LayerNorm takes (launch.MAX_ROW): held to no spills
         for dname in ("bf16", "fp32"):
             for p in (0.1, 0.0):
@@ -575,11 +590,16 @@ class Prediction:
     fraction_of_tensor: float
     op_bytes: float = 0.0  # the minimum bytes of the whole op this launch belongs to (embedding only)
     pipe_us: dict = field(default_factory=dict)  # each pipe's floor (MUFU, FP32, integer, conversions, LSU)
+    serial_us: float = 0.0  # tensor cores and issue in series (loops that wait for each wgmma), else 0
+    tail: float = 1.0  # the busiest SM's programs over the mean (the last wave), applied to per-SM floors
 
     def floors(self) -> dict[str, float]:
         """Every floor in microseconds, by name (the predicted time is the largest)."""
-        return {"memory": self.memory_us, "latency": self.latency_us, "issue": self.issue_us,
-                "tensor": self.tensor_us, **{f"{pipe} pipe": t for pipe, t in self.pipe_us.items()}}
+        out = {"memory": self.memory_us, "latency": self.latency_us, "issue": self.issue_us,
+               "tensor": self.tensor_us, **{f"{pipe} pipe": t for pipe, t in self.pipe_us.items()}}
+        if self.serial_us:
+            out["tensor+issue"] = self.serial_us
+        return out
 
 
 def calibrated_us(floors: dict[str, float], launch_us: float, stream_efficiency: float) -> float:
@@ -664,9 +684,27 @@ def predict(scenario: Scenario, launch: Launch, binary: Binary, gpu=h200, work: 
             tf32 = any(".TF32" in op for _, op, _ in sass.instructions if "MMA" in op)
             fast = gpu.TF32_MATMUL_FLOPS if tf32 else gpu.BF16_MATMUL_FLOPS
             tensor = work.flops * ((1 - share_mma) / fast + share_mma / gpu.MMA_SYNC_FLOPS)
+            tensor *= hgmma_shape_factor(sass, work.trips, fast, gpu)
     pipes = pipe_floors(sass, work.trips, warps_launched, gpu)
+    # The last wave's tail: the busiest SM runs ceil(blocks / SMs) programs, so the floors of what each SM
+    # does on its own (issue, pipes, tensor cores) scale by its share over the mean; bandwidth is shared by
+    # the whole GPU and does not.
+    tail = math.ceil(blocks / gpu.SMS) / (blocks / gpu.SMS)
+    issue, tensor = issue * tail, tensor * tail
+    pipes = {k: v * tail for k, v in pipes.items()}
+    # A loop that waits for each wgmma before the code that uses its result (a WARPGROUP.DEPBAR in the loop
+    # after its HGMMAs: attention's softmax needs Q K^T, the next trip's rescale needs P V) keeps the
+    # tensor cores and the instruction issue in series: the tensor floor plus the largest of the issue
+    # and pipe floors, plus one loaded DRAM latency for the first loads, which nothing overlaps. (Resident
+    # programs could in principle fill each other's gaps; the published Triton tutorial and
+    # FlashAttention-2/3 figures at head dim 64 say they do not: bertfast.analysis.sm90.attention_rates.)
+    serial = 0.0
+    if tensor and waits_on_mma(sass):
+        serial = tensor + max(issue, *pipes.values()) + gpu.LOADED_DRAM_LATENCY_S
     floors = {"memory": memory, "latency": latency, "issue": issue, "tensor": tensor,
               **{f"{pipe} pipe": t for pipe, t in pipes.items()}}
+    if serial:
+        floors["tensor+issue"] = serial
     bound = max(floors, key=floors.get)
     predicted = floors[bound]
     return Prediction(
@@ -675,7 +713,39 @@ def predict(scenario: Scenario, launch: Launch, binary: Binary, gpu=h200, work: 
         binary.dots, round(executed, 1), sass.per_trip(), round(work.trips, 2), hgmma, hmma, work.bytes, work.flops,
         round(in_flight), memory * 1e6, latency * 1e6, issue * 1e6, tensor * 1e6, predicted * 1e6, bound,
         round(memory / predicted, 3) if predicted else 0.0, round(tensor / predicted, 3) if predicted else 0.0,
-        work.op_bytes, {k: v * 1e6 for k, v in pipes.items()})
+        work.op_bytes, {k: v * 1e6 for k, v in pipes.items()}, serial * 1e6, round(tail, 4))
+
+
+def waits_on_mma(sass: Sass) -> bool:
+    """Whether an outer loop issues HGMMAs and then waits for them (WARPGROUP.DEPBAR) inside the loop."""
+    for first, last in sass.outer_loops():
+        ops = [op for _, op, _ in sass.instructions[first:last + 1]]
+        mma = [i for i, op in enumerate(ops) if op.startswith("HGMMA")]
+        if mma and any(op.startswith("WARPGROUP.DEPBAR") for op in ops[mma[0]:]):
+            return True
+    return False
+
+
+def hgmma_shape_factor(sass: Sass, trips: float, rate: float, gpu=h200) -> float:
+    """How much slower than `rate` (a large matmul's) the kernel's HGMMAs run for their shapes: each
+    instruction takes the longer of its FLOPs at that rate and reading its shared-memory operands at the
+    SM's shared-memory bandwidth (both operands for an A from shared memory, B alone when A is in
+    registers). At 64x64x16 in bf16 the operands need 32 clocks with A shared, under the 43 the measured
+    rate takes: a narrow N (or a tf32/8-bit shape) is where it binds."""
+    per_clock = rate / (gpu.SMS * gpu.CLOCK_HZ)
+    compute = slowest = 0.0
+    for i, w in sass.counts(trips).items():
+        _, opcode, operands = sass.instructions[i]
+        if not opcode.startswith("HGMMA"):
+            continue
+        m, n, k = (int(x) for x in re.search(r"HGMMA\.(\d+)x(\d+)x(\d+)", opcode).groups())
+        size = 4 if ".TF32" in opcode else 1 if ".E4M3" in opcode or ".E5M2" in opcode or ".S8" in opcode else 2
+        a_shared = operands.split(",")[1].strip().startswith("gdesc")
+        smem = ((m * k if a_shared else 0) + k * n) * size / gpu.SHARED_BYTES_PER_CLOCK_PER_SM
+        clocks = 2.0 * m * n * k / per_clock
+        compute += w * clocks
+        slowest += w * max(clocks, smem)
+    return slowest / compute if compute else 1.0
 
 
 def _hgmma_flops(opcode: str) -> float:
@@ -763,6 +833,16 @@ def check(predictions: list[Prediction]) -> list[str]:
         if op.scenario in training and op.fraction_of_copy < GOALS["embedding"]:
             problems.append(f"{op.scenario} {op.phase} ({' + '.join(op.kernels)}): predicted {op.fraction_of_copy:.0%} of "
                             f"copy bandwidth over its minimum bytes, goal {GOALS['embedding']:.0%}")
+    from bertfast.analysis.gpus import FIT
+
+    against = attention_against_tutorial(attention_rates(predictions))
+    if against and max(abs(e) for _, e in against) > FIT["attention_error"] + 0.005:
+        problems.append(f"the attention model is {max(abs(e) for _, e in against):.1%} off the Triton tutorial's published "
+                        f"times, over gpus.FIT['attention_error'] = {FIT['attention_error']}: update it")
+    for rate in attention_rates(predictions):
+        if rate.best and rate.tflops > rate.best[1]:
+            problems.append(f"{rate.scenario} {rate.phase}: predicted {rate.tflops:.0f} TFLOP/s, above the best published "
+                            f"measurement at head dim {rate.head_dim}, S = {rate.seq} ({rate.best[0]}, {rate.best[1]})")
     for p in predictions:
         if p.spill_bytes:
             problems.append(f"{p.variant}: {p.spill_bytes} B of register spills")
@@ -782,6 +862,59 @@ def check(predictions: list[Prediction]) -> list[str]:
                 problems.append(f"{p.scenario} / {p.variant}: only {p.share_128bit:.0%} of global memory "
                                 "instructions move 128 bits")
     return problems
+
+
+@dataclass
+class AttentionRate:
+    """One attention scenario's forward or backward (every launch of the phase, under the calibrated
+    constants) in TFLOP/s by the published convention, beside the published measurements at its shape."""
+    scenario: str
+    phase: str  # "fwd" or "bwd"
+    head_dim: int
+    seq: int
+    us: float
+    tflops: float
+    published: dict  # kernel -> TFLOP/s at the same head dim, S and phase (gpus.ATTENTION_PUBLISHED)
+    in_band: bool | None  # the dropout-free forward at a published shape: inside gpus.ATTENTION_BAND
+
+    @property
+    def best(self) -> tuple[str, float] | None:
+        return max(self.published.items(), key=lambda kv: kv[1]) if self.published else None
+
+
+def attention_rates(predictions: list[Prediction]) -> list[AttentionRate]:
+    """Forward and backward rates of every 16-bit attention scenario. FLOPs: the forward's two matmuls,
+    4 * B * heads * S^2 * D, and 2.5x that for the backward, whatever the kernels really compute (ours
+    recompute Q K^T and dP in both backward kernels); times: calibrated_us under gpus.FIT."""
+    from bertfast.analysis.gpus import ATTENTION_BAND, ATTENTION_PUBLISHED, FIT
+
+    out = []
+    for scenario in dict.fromkeys(p.scenario for p in predictions if p.family == "attention"):
+        launches = [p for p in predictions if p.scenario == scenario]
+        if any(" fp32 " in f" {p.variant} " for p in launches):
+            continue
+        fwd = [p for p in launches if p.kernel.startswith("attention_fwd")]
+        head_dim = int(re.search(r"HEAD_DIM=(\d+)", fwd[0].variant).group(1))
+        seq = int(re.search(r"S=(\d+)", scenario).group(1))
+        flops = sum(p.flops for p in fwd)
+        for phase, members, phase_flops in (("fwd", fwd, flops),
+                                            ("bwd", [p for p in launches if p not in fwd], 2.5 * flops)):
+            us = sum(calibrated_us(p.floors(), FIT["launch_us"], FIT["stream_efficiency"]) for p in members)
+            published = ATTENTION_PUBLISHED.get((head_dim, seq, phase), {})
+            low, high = (published.get(k) for k in ATTENTION_BAND)
+            tflops = phase_flops / us / 1e6
+            in_band = (low <= tflops <= high) if phase == "fwd" and "p=0.0" in scenario and low and high else None
+            out.append(AttentionRate(scenario, phase, head_dim, seq, round(us, 2), round(tflops, 1), published,
+                                     in_band))
+    return out
+
+
+def attention_against_tutorial(rates: list[AttentionRate]) -> list[tuple[str, float]]:
+    """(scenario, predicted / measured - 1) of each dropout-free forward at a published shape against the
+    Triton tutorial kernel's published time there."""
+    return [(r.scenario, r.tflops and (r.published["Triton tutorial"] / r.tflops - 1)) for r in rates
+            if r.phase == "fwd" and "published" in r.scenario and "p=0.0" in r.scenario
+            and "Triton tutorial" in r.published]
 
 
 def calibrated(predictions: list[Prediction]) -> list[tuple[Prediction, float, float]]:
@@ -871,6 +1004,17 @@ def main(argv: list[str] | None = None) -> int:
     for p, us, fraction in calibrated(predictions):
         print(f"calibrated {p.scenario} {p.kernel}: {us:.1f} us, {fraction:.0%} of copy bandwidth (bare floors: "
               f"{p.predicted_us:.1f} us, {p.fraction_of_copy:.0%})")
+    for rate in attention_rates(predictions):
+        published = ", ".join(f"{k} {v}" for k, v in rate.published.items()) or "none published"
+        band = {True: "; inside the FlashAttention-2 to Triton tutorial band",
+                False: "; OUTSIDE the FlashAttention-2 to Triton tutorial band", None: ""}[rate.in_band]
+        print(f"{rate.scenario} {rate.phase}: calibrated {rate.us:.1f} us, {rate.tflops:.0f} TFLOP/s "
+              f"(published, H100: {published}){band}")
+    against = attention_against_tutorial(attention_rates(predictions))
+    if against:
+        print("attention forward against the Triton tutorial kernel's published H100 times (predicted / measured - 1): "
+              + ", ".join(f"{s_.split()[1]} S={s_.split('S=')[1].split()[0]} {e:+.1%}" for s_, e in against)
+              + f"; worst {max(abs(e) for _, e in against):.1%}")
     print(f"{len(predictions)} launches, {len(variants)} compiled variants; goals missed: {len(problems)}")
     for problem in problems:
         print("  MISSED", problem)
@@ -882,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
                                              for s_, k, r, lim in dropout_overheads(predictions)],
                        "embedding_ops": [asdict(op) for op in embedding_ops(predictions)],
                        "predictions": [asdict(p) for p in predictions], "missed": problems,
+                       "attention_rates": [asdict(r) for r in attention_rates(predictions)],
                        "calibrated": [dict(scenario=p.scenario, kernel=p.kernel, us=round(us, 2),
                                            fraction_of_copy=round(f, 3)) for p, us, f in calibrated(predictions)]},
                       f, indent=1)

@@ -127,12 +127,14 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, threshold, drop_sc
             col_ok = cols < seqlen
             k = _load_tile(K, base, cols, col_ok, stride_s, dims)
             v = _load_tile(V, base, cols, col_ok, stride_s, dims)
-            qk = _dot(q, tl.trans(k), DOT_FP32, IEEE) * qk_scale
+            # Scores stay unscaled (the scale is positive: the row maximum commutes with it), so that each
+            # element's scale and shift are one FMA: exp2(qk * scale - max * scale).
+            qk = _dot(q, tl.trans(k), DOT_FP32, IEEE)
             valid = _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
             qk = tl.where(valid[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # (m_i: scaled)
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: no NaN
-            prob = tl.math.exp2(qk - m_safe[:, None])
+            prob = tl.math.exp2(qk * qk_scale - m_safe[:, None])
             alpha = tl.math.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(prob, 1)
             if HAS_DROPOUT:  # (the kept probabilities' scale is applied once, at the end)
@@ -195,9 +197,9 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
             q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
             do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
             lse, delta = _row_stats(LSE, DELTA, stats, rows, row_ok)
-            kq = _dot(k, tl.trans(q), DOT_FP32, IEEE) * qk_scale                  # [BLOCK_N, BLOCK_M] = (Q Kᵀ)ᵀ
-            kq = tl.where(valid[:, None], kq, float("-inf"))
-            prob_t = tl.math.exp2(kq - lse[None, :])  # lse = +inf on rows without keys: p = 0
+            kq = _dot(k, tl.trans(q), DOT_FP32, IEEE)                             # [BLOCK_N, BLOCK_M] = (Q Kᵀ)ᵀ
+            # (scale and shift in one FMA; lse = +inf on rows without keys: p = 0)
+            prob_t = tl.where(valid[:, None], tl.math.exp2(kq * qk_scale - lse[None, :]), 0.0)
             dp_t = _dot(v, tl.trans(do), DOT_FP32, IEEE)                           # (dO Vᵀ)ᵀ
             if HAS_DROPOUT:
                 keep_t = tl.trans(_keep_mask(seed, bh, rows, key0, threshold, BLOCK_N))
@@ -253,9 +255,9 @@ def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, thr
 
 @triton.jit
 def _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
-    qk = _dot(q, tl.trans(k), DOT_FP32, IEEE) * qk_scale
-    qk = tl.where(valid[None, :], qk, float("-inf"))
-    return tl.math.exp2(qk - lse[:, None])  # lse = +inf on rows without keys: p = 0
+    qk = _dot(q, tl.trans(k), DOT_FP32, IEEE)
+    # scale and shift in one FMA; lse = +inf on rows without keys: p = 0
+    return tl.where(valid[None, :], tl.math.exp2(qk * qk_scale - lse[:, None]), 0.0)
 
 
 def _grid_args(q, varlen: bool):
