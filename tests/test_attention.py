@@ -127,6 +127,9 @@ def test_bad_arguments():
         ops.fused_attention(q, k[:, :1], v, mask)
     with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
         ops.fused_attention(q, k, v, mask, dropout_p=1.5, training=True)
+    for scale in (0.0, -0.125, float("nan"), float("inf")):  # the kernels fold a positive scale into one FMA
+        with pytest.raises(ValueError, match="softmax_scale must be a positive finite number"):
+            ops.fused_attention(q, k, v, mask, softmax_scale=scale)
     with pytest.raises(ValueError, match="head dimension 48"):
         x = torch.randn(1, 1, 4, 48)
         ops.fused_attention(x, x, x)

@@ -124,6 +124,17 @@ def _check_qkv(q, k, v, dims):
                          f"{tuple(k.shape)} {k.dtype}, {tuple(v.shape)} {v.dtype}")
 
 
+
+def _softmax_scale(softmax_scale, head_dim: int) -> float:
+    """The scale of the scores: 1/sqrt(head_dim) by default. The kernels fold it into one FMA per score
+    after taking the row maximum of the unscaled scores, which needs it positive (and finite)."""
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    scale = float(softmax_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"softmax_scale must be a positive finite number, got {softmax_scale!r}")
+    return scale
+
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     dropout_p: float = 0.0, softmax_scale: float | None = None, training: bool = False,
                     seed: int | torch.Tensor | None = None) -> torch.Tensor:
@@ -134,7 +145,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention
     check_same_device(q=q, k=k, v=v, attention_mask=attention_mask)
     batch, heads, seq, head_dim = q.shape
     key_mask = None if attention_mask is None else check_attention_mask(attention_mask, batch, seq)
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    scale = _softmax_scale(softmax_scale, head_dim)
     p = float(dropout_p) if training else 0.0
     if not _backend.use_triton(q):
         return _attention_reference(q, k, v, key_mask, scale, p)
@@ -169,7 +180,7 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
         lengths = cu_seqlens.diff()
         if lengths.numel() and int(lengths.max()) > max_seqlen:
             raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({int(lengths.max())})")
-    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scale = _softmax_scale(softmax_scale, q.shape[-1])
     p = float(dropout_p) if training else 0.0
     if not _backend.use_triton(q):
         return _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p)
