@@ -299,4 +299,7 @@ MUTANTS = [
     Mutant("dK/dV: the scale dropped from the recomputed probabilities", ATT,
            "tl.math.exp2(kq * qk_scale - lse[None, :])", "tl.math.exp2(kq - lse[None, :])",
            ("tests/test_attention.py", "-k padded_matches")),
+    Mutant("attention: a non-positive softmax_scale let through to the one-FMA kernels", "bertfast/ops/attention.py",
+           "if not (math.isfinite(scale) and scale > 0):", "if not math.isfinite(scale):",
+           ("tests/test_attention.py", "-k bad_arguments")),
 ]
