@@ -2,7 +2,7 @@
 
 Philox4x32 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011; the Random123
 library's philox4x32 round and key schedule), checked against Random123's published known answers in
-tests/test_dropout_exact.py. On top of it, the two documented groupings of bertfast.kernels.dropout:
+tests/test_dropout_exact.py. On top of it, the three documented groupings of bertfast.kernels.dropout:
 which call and which 16 bits of it each element (row, col) of a stream takes.
 """
 from __future__ import annotations
@@ -64,6 +64,18 @@ def fragment_bits(seed: int, rows: int, cols: int, stream: int) -> np.ndarray:
     a, j, c, e = k // 32, (k // 8) % 4, (k // 2) % 4, k % 2
     words = philox4x32((4 * a + c, r, stream, 0), _key(seed), ROUNDS)
     return _half(words, np.broadcast_to(j, (rows, cols)), np.broadcast_to(e, (rows, cols)))
+
+
+def tile_bits(seed: int, rows: int, cols: int, stream: int) -> np.ndarray:
+    """[rows, cols] 16-bit draws of the query-key grouping (attention's P at head dim <= 64, 16-bit):
+    query q = 128 A + 64 x + 16 B + 8 y + z and key k = 16 C + 8 u + v take the call (64 A + 8 B + z,
+    8 C + v, stream, 1), word 2 x + y, half u."""
+    q = np.arange(rows)[:, None]
+    k = np.arange(cols)[None, :]
+    a, x, b, y, z = q // 128, (q // 64) % 2, (q // 16) % 4, (q // 8) % 2, q % 8
+    c, u, v = k // 16, (k // 8) % 2, k % 8
+    words = philox4x32((64 * a + 8 * b + z, 8 * c + v, stream, 1), _key(seed), ROUNDS)
+    return _half(words, np.broadcast_to(2 * x + y, (rows, cols)), np.broadcast_to(u, (rows, cols)))
 
 
 def threshold(p: float) -> int:

@@ -292,7 +292,7 @@ def test_cuda_varlen_and_dropout():
     p, seed = 0.1, 99
     a = ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed)
     assert torch.equal(a, ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed))
-    keep = attention_dropout_keep_mask(6 * 4, 300, p, seed, "cuda").view(6, 4, 300, 300)
+    keep = attention_dropout_keep_mask(6 * 4, 300, p, seed, "cuda", 64, torch.bfloat16).view(6, 4, 300, 300)
     q32, k32, v32 = (t.detach().float() for t in (q, k, v))
     ref = attention_ref(q32, k32, v32, mask, dropout_mask=keep, dropout_scale=keep_scale(p))
     assert (a.float() - ref).abs().max().item() < 3e-2

@@ -1,6 +1,7 @@
 """The dropout masks of the fused kernels (bertfast.kernels.dropout): one 7-round Philox call feeds 8
 elements with 16-bit thresholds; LayerNorm groups 8 consecutive columns of a row, attention groups the
-columns its tensor-core fragments hold (fragment_keep). Under the interpreter, on the CPU.
+columns its tensor-core fragments hold (fragment_keep) or, at head dim 64 in 16 bits, 4 queries x 2 keys
+that one thread holds in the forward, dK/dV and dQ kernels (tile_keep). Under the interpreter, on the CPU.
 
 Bounds: over n draws the kept fraction lies within 5 standard deviations sqrt(q(1-q)/n) of the exact
 keep probability q = 1 - threshold(p) / 65536 (a false alarm once in ~3.5 million runs), and the
@@ -23,10 +24,10 @@ def keep_probability(p):
     return 1 - dropout.threshold(p) / 65536
 
 
-@pytest.mark.parametrize("fragment", [False, True])
+@pytest.mark.parametrize("grouping", dropout.GROUPINGS)
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_keep_rate_within_binomial_bounds(fragment, p):
-    keep = dropout.keep_mask(1024, 1024, p, seed=12345, stream=3, fragment=fragment)  # 2**20 draws
+def test_keep_rate_within_binomial_bounds(grouping, p):
+    keep = dropout.keep_mask(1024, 1024, p, seed=12345, stream=3, grouping=grouping)  # 2**20 draws
     n, q = keep.numel(), keep_probability(p)
     assert abs(keep.float().mean().item() - q) <= 5 * math.sqrt(q * (1 - q) / n)
     assert abs(q - (1 - p)) <= 2**-17, "the threshold's rounding moves the rate by at most 2**-17"
@@ -40,18 +41,19 @@ def correlation(a, b):
     return (a @ b / (a.norm() * b.norm())).item()
 
 
-@pytest.mark.parametrize("fragment", [False, True])
-def test_no_correlation_between_neighbours(fragment):
+@pytest.mark.parametrize("grouping", dropout.GROUPINGS)
+def test_no_correlation_between_neighbours(grouping):
     p = 0.5  # the largest variance: the most sensitive to dependence
-    keep = dropout.keep_mask(1024, 1024, p, seed=7, stream=0, fragment=fragment)
-    other_stream = dropout.keep_mask(1024, 1024, p, seed=7, stream=1, fragment=fragment)
-    other_seed = dropout.keep_mask(1024, 1024, p, seed=8, stream=0, fragment=fragment)
+    keep = dropout.keep_mask(1024, 1024, p, seed=7, stream=0, grouping=grouping)
+    other_stream = dropout.keep_mask(1024, 1024, p, seed=7, stream=1, grouping=grouping)
+    other_seed = dropout.keep_mask(1024, 1024, p, seed=8, stream=0, grouping=grouping)
     bound = 5 / math.sqrt(keep.numel() // 2)
     pairs = {
-        "next row": (keep[:-1], keep[1:]),
         "next head / stream": (keep, other_stream),
         "next seed": (keep, other_seed),
     }
+    for d in (1, 8, 64, 72):  # (the query-key grouping's lanes: queries 8, 64 and 72 apart)
+        pairs[f"rows {d} apart"] = (keep[:-d], keep[d:])
     # every distance within a Philox call's lanes (which columns share a call depends on the grouping)
     for d in range(1, 33):
         pairs[f"columns {d} apart"] = (keep[:, :-d], keep[:, d:])
@@ -59,12 +61,13 @@ def test_no_correlation_between_neighbours(fragment):
         assert abs(correlation(a, b)) <= bound, name
 
 
-def test_masks_depend_only_on_seed_stream_row_and_column():
-    a = dropout.keep_mask(40, 200, 0.3, seed=99, stream=5, fragment=True)
-    b = dropout.keep_mask(40, 200, 0.3, seed=99, stream=5, fragment=True)
-    wider = dropout.keep_mask(40, 264, 0.3, seed=99, stream=5, fragment=True)
-    assert torch.equal(a, b) and torch.equal(wider[:, :200], a), "deterministic, whatever the tile"
-    assert not torch.equal(a, dropout.keep_mask(40, 200, 0.3, seed=100, stream=5, fragment=True))
+@pytest.mark.parametrize("grouping", ["fragment", "tiles"])
+def test_masks_depend_only_on_seed_stream_row_and_column(grouping):
+    a = dropout.keep_mask(140, 200, 0.3, seed=99, stream=5, grouping=grouping)
+    b = dropout.keep_mask(140, 200, 0.3, seed=99, stream=5, grouping=grouping)
+    wider = dropout.keep_mask(150, 264, 0.3, seed=99, stream=5, grouping=grouping)
+    assert torch.equal(a, b) and torch.equal(wider[:140, :200], a), "deterministic, whatever the tile"
+    assert not torch.equal(a, dropout.keep_mask(140, 200, 0.3, seed=100, stream=5, grouping=grouping))
 
 
 def test_layer_norm_forward_and_backward_draw_the_same_mask():

@@ -54,7 +54,8 @@ def test_gpu_tiles_are_forced(monkeypatch):
     assert attention_config(64, torch.bfloat16).fwd_m == 16 and layer_norm_config(768, 2, False).warps == 1
     monkeypatch.setenv("BERTFAST_GPU_TILES", "1")
     bf16 = attention_config(64, torch.bfloat16)
-    assert (bf16.fwd_m, bf16.fwd_n, bf16.dkdv_keys, bf16.dq_queries) == (128, 64, 64, 64)
+    assert (bf16.fwd_m, bf16.fwd_n, bf16.dkdv_keys, bf16.dq_queries, bf16.mask_tiles) == (128, 64, 64, 64, True)
+    assert bf16.dq_tiles(True) == (128, 32, 4) and bf16.dq_tiles(False) == (64, 64, 2)
     assert attention_config(128, torch.bfloat16).dkdv_keys == 128 and attention_config(64, torch.float32).fwd_m == 32
     assert (layer_norm_config(768, 2, False).rows, layer_norm_config(768, 2, False).warps) == (2, 4)
     assert layer_norm_config(8192, 4, True).chunk == 2048
@@ -79,12 +80,12 @@ def test_reference_philox_matches_random123(rounds, counter, key, want):
     assert got == want
 
 
-@pytest.mark.parametrize("fragment", [False, True])
-def test_keep_mask_kernel_equals_the_reference(fragment):
-    rows, cols, stream = 40, 200, 5
-    got = dropout.keep_mask(rows, cols, 0.3, SEED, stream, fragment=fragment).numpy()
-    bits = (ref.fragment_bits if fragment else ref.row_tile_bits)(SEED, rows, cols, stream)
-    assert np.array_equal(got, ref.keep(bits, 0.3))
+@pytest.mark.parametrize("grouping", dropout.GROUPINGS)
+def test_keep_mask_kernel_equals_the_reference(grouping):
+    rows, cols, stream = 300, 200, 5  # (the query-key tiles: two whole blocks of 128 queries and a part)
+    got = dropout.keep_mask(rows, cols, 0.3, SEED, stream, grouping=grouping).numpy()
+    bits = {"rows": ref.row_tile_bits, "fragment": ref.fragment_bits, "tiles": ref.tile_bits}[grouping]
+    assert np.array_equal(got, ref.keep(bits(SEED, rows, cols, stream), 0.3))
 
 
 # Attention --------------------------------------------------------------------------------------------
@@ -144,20 +145,26 @@ def attention_masks(mode, dtype, dim, seq, device="cpu", heads=2):
 
 
 def assert_attention_masks_exact(mode, dtype, dim, seq, device="cpu"):
+    from bertfast.kernels.launch import attention_config
+
     got, lengths, heads = attention_masks(mode, dtype, dim, seq, device)
+    # the grouping the tiles draw in: query-key tiles (16-bit, head dim 64 on the GPU), else fragments
+    bits = ref.tile_bits if attention_config(dim, dtype, seq).mask_tiles else ref.fragment_bits
     for b, n in enumerate(lengths):
         for h in range(heads):
-            want = ref.keep(ref.fragment_bits(SEED, n, n, stream=b * heads + h), P)
+            want = ref.keep(bits(SEED, n, n, stream=b * heads + h), P)
             for kernel in ("forward", "dkdv", "dq"):
                 wrong = int((got[kernel][b][h] != want).sum())
                 assert wrong == 0, f"{kernel} kernel, sequence {b}, head {h}: {wrong} of {want.size} elements differ"
 
 
 # (tiles, dtype, head dim, S): S spans more than one block of each tile and is a multiple of none (the
-# interpreter's 16 x 32 and fp32's 32 x 32 at S = 40; the 16-bit tiles' 128 queries / 64 keys at 137)
+# interpreter's 16 x 32 and fp32's 32 x 32 at S = 40; the 16-bit tiles' 128 queries / 64 keys at 137; the
+# dK/dV kernel's query-key trips, two to a block of 128 queries, at 168 and 159: a last block of 40
+# queries takes both trips, one of 31 only the first)
 ATTENTION_CASES = [("interpreter", torch.float32, 64, 40), ("gpu", torch.float32, 64, 40),
                    ("gpu", torch.float32, 128, 40), ("gpu", torch.bfloat16, 64, 137),
-                   ("gpu", torch.float16, 64, 137), ("gpu", torch.bfloat16, 128, 137)]
+                   ("gpu", torch.float16, 64, 168), ("gpu", torch.bfloat16, 128, 137)]
 
 
 @pytest.mark.parametrize("mode", ["packed", "padded"])

@@ -90,9 +90,51 @@ def _row_stats(LSE, DELTA, stats_base, rows, row_ok):
 
 
 @triton.jit
-def _keep_mask(seed, bh, rows, col0, threshold, BLOCK_N: tl.constexpr):
-    """[len(rows), BLOCK_N]: whether P[rows, col0 + j] is kept (bertfast.kernels.dropout, stream = bh)."""
-    return dropout.fragment_keep(seed, rows, col0, bh, threshold, BLOCK_N)
+def _keep_mask(seed, bh, rows, block, col0, threshold, BLOCK_N: tl.constexpr, MASK_TILES: tl.constexpr):
+    """[len(rows), BLOCK_N]: whether P[rows, col0 + j] is kept (bertfast.kernels.dropout, stream = bh): in
+    the query-key grouping when MASK_TILES, for the 128 queries of one block (rows = 128 block + 0..127),
+    else in the fragment grouping, for any rows (block unused)."""
+    if MASK_TILES:
+        tl.static_assert(rows.shape[0] == 128, "the query-key grouping's forward and dQ tiles hold 128 queries")
+        keep = dropout.tile_keep(seed, block, 0, 4, col0, bh, threshold, BLOCK_N, False)
+    else:
+        keep = dropout.fragment_keep(seed, rows, col0, bh, threshold, BLOCK_N)
+    return keep
+
+
+@triton.jit
+def _dkdv_trips(seqlen, BLOCK_M: tl.constexpr, PERMUTED: tl.constexpr):
+    """How many trips of BLOCK_M queries the dK/dV kernel makes over a sequence: in order, or PERMUTED in
+    the query-key grouping's tiles (dropout.tile_rows: a block of 128 queries in 128 / BLOCK_M trips,
+    each trip holding queries q and q + 64; a trip is made while its first query is in the sequence)."""
+    if PERMUTED:
+        per_block: tl.constexpr = 128 // BLOCK_M
+        trips = (seqlen // 128) * per_block + tl.minimum(tl.cdiv(seqlen % 128, BLOCK_M // 2), per_block)
+    else:
+        trips = seqlen  # (the loop's end: it steps by BLOCK_M queries)
+    return trips
+
+
+@triton.jit
+def _dkdv_step(BLOCK_M: tl.constexpr, PERMUTED: tl.constexpr):
+    """The dK/dV loop's step: in order it runs over the first query of each trip (start_m), PERMUTED over
+    the trip's number."""
+    if PERMUTED:
+        step: tl.constexpr = 1
+    else:
+        step: tl.constexpr = BLOCK_M
+    return step
+
+
+@triton.jit
+def _dkdv_rows(start_m, BLOCK_M: tl.constexpr, PERMUTED: tl.constexpr):
+    """The queries of a dK/dV trip (see _dkdv_trips; start_m the loop's variable): [BLOCK_M]."""
+    if PERMUTED:
+        per_block: tl.constexpr = 128 // BLOCK_M
+        rows = dropout.tile_rows(start_m // per_block, (start_m % per_block) * (BLOCK_M // 32), BLOCK_M // 32)
+    else:
+        rows = start_m + tl.arange(0, BLOCK_M)
+    return rows
 
 
 @triton.jit
@@ -109,7 +151,7 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, threshold, drop_sc
                          lse_stride_b, lse_stride_h, H, S,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                          VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                         DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+                         DOT_FP32: tl.constexpr, IEEE: tl.constexpr, MASK_TILES: tl.constexpr):
     pid_m, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_M, VARLEN)
     seed = dropout.load_seed(SEED, HAS_DROPOUT)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -138,7 +180,7 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, threshold, drop_sc
             alpha = tl.math.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(prob, 1)
             if HAS_DROPOUT:  # (the kept probabilities' scale is applied once, at the end)
-                prob = tl.where(_keep_mask(seed, bh, rows, start_n, threshold, BLOCK_N), prob, 0.0)
+                prob = tl.where(_keep_mask(seed, bh, rows, pid_m, start_n, threshold, BLOCK_N, MASK_TILES), prob, 0.0)
             acc = acc * alpha[:, None] + _dot(prob.to(v.dtype), v, DOT_FP32, IEEE)
             m_i = m_new
         has_key = l_i > 0.0
@@ -172,9 +214,12 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
                               lse_stride_b, lse_stride_h, H, S,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                               VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                              DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
-    """One program per (block of BLOCK_N keys, batch*head), looping over blocks of BLOCK_M queries, all in
-    the transposed frame ([keys, queries] tiles). DK/DV share K's strides; DO shares O's."""
+                              DOT_FP32: tl.constexpr, IEEE: tl.constexpr, MASK_TILES: tl.constexpr):
+    """One program per (block of BLOCK_N keys, batch*head), looping over trips of BLOCK_M queries, all in
+    the transposed frame ([keys, queries] tiles). With dropout in the query-key grouping (MASK_TILES) the
+    trips take the grouping's tiles (_dkdv_rows), whose mask each thread draws for the elements it holds.
+    DK/DV share K's strides; DO shares O's."""
+    PERMUTED: tl.constexpr = HAS_DROPOUT and MASK_TILES
     pid_n, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_N, VARLEN)
     seed = dropout.load_seed(SEED, HAS_DROPOUT)
     if pid_n * BLOCK_N < seqlen:
@@ -191,8 +236,9 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
         qk_scale = sm_scale * LOG2E
         dk = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
         dv = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
-        for start_m in range(0, seqlen, BLOCK_M):
-            rows = start_m + tl.arange(0, BLOCK_M)
+        for start_m in range(0, _dkdv_trips(seqlen, BLOCK_M, PERMUTED), _dkdv_step(BLOCK_M, PERMUTED)):
+            trip = start_m // _dkdv_step(BLOCK_M, PERMUTED)
+            rows = _dkdv_rows(start_m, BLOCK_M, PERMUTED)
             row_ok = rows < seqlen
             q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
             do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
@@ -202,7 +248,12 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
             prob_t = tl.where(valid[:, None], tl.math.exp2(kq * qk_scale - lse[None, :]), 0.0)
             dp_t = _dot(v, tl.trans(do), DOT_FP32, IEEE)                           # (dO Vᵀ)ᵀ
             if HAS_DROPOUT:
-                keep_t = tl.trans(_keep_mask(seed, bh, rows, key0, threshold, BLOCK_N))
+                if MASK_TILES:
+                    per_block: tl.constexpr = 128 // BLOCK_M
+                    keep_t = dropout.tile_keep(seed, trip // per_block, (trip % per_block) * (BLOCK_M // 32),
+                                               BLOCK_M // 32, key0, bh, threshold, BLOCK_N, True)
+                else:
+                    keep_t = tl.trans(_keep_mask(seed, bh, rows, 0, key0, threshold, BLOCK_N, False))
                 prob_d = tl.where(keep_t, prob_t * drop_scale, 0.0)
                 dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
             else:
@@ -221,7 +272,7 @@ def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, thr
                             lse_stride_b, lse_stride_h, H, S,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                             VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                            DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+                            DOT_FP32: tl.constexpr, IEEE: tl.constexpr, MASK_TILES: tl.constexpr):
     """One program per (query block, batch*head): loops over all key blocks. DQ shares Q's strides."""
     pid_m, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_M, VARLEN)
     seed = dropout.load_seed(SEED, HAS_DROPOUT)
@@ -245,7 +296,7 @@ def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, thr
             prob = _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32, IEEE)
             dp = _dot(do, tl.trans(v), DOT_FP32, IEEE)
             if HAS_DROPOUT:
-                keep = _keep_mask(seed, bh, rows, start_n, threshold, BLOCK_N)
+                keep = _keep_mask(seed, bh, rows, pid_m, start_n, threshold, BLOCK_N, MASK_TILES)
                 dp = tl.where(keep, dp * drop_scale, 0.0)
             ds = prob * (dp - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, DOT_FP32, IEEE)
@@ -284,9 +335,11 @@ def _common(q, mask, cu_seqlens, max_seqlen):
     # fp32 matmuls follow torch's setting: exact fp32 by default, TF32 tensor cores after
     # torch.set_float32_matmul_precision("high" or "medium"), as torch's own matmuls do.
     ieee = q.dtype == torch.float32 and not interpreted() and torch.get_float32_matmul_precision() == "highest"
-    flags = dict(VARLEN=varlen, HAS_MASK=mask is not None, DOT_FP32=interpreted(), IEEE=ieee)
+    cfg = attention_config(head_dim, q.dtype, seq)
+    flags = dict(VARLEN=varlen, HAS_MASK=mask is not None, DOT_FP32=interpreted(), IEEE=ieee,
+                 MASK_TILES=cfg.mask_tiles)
     dummy = q.new_empty(1, dtype=torch.int32)
-    return batch, heads, seq, head_dim, flags, attention_config(head_dim, q.dtype, seq), dummy, lse_strides
+    return batch, heads, seq, head_dim, flags, cfg, dummy, lse_strides
 
 
 def lse_shape(q, cu_seqlens) -> tuple[int, int]:
@@ -350,14 +403,21 @@ def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int,
     attention_bwd_dkdv_kernel[_grid(seq, cfg.dkdv_keys, batch * heads, "attention backward")](
         q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
         HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))
-    attention_bwd_dq_kernel[_grid(seq, cfg.dq_queries, batch * heads, "attention backward")](
-        q, k, v, do, dq, lse, delta, *common, BLOCK_M=cfg.dq_queries, BLOCK_N=cfg.dq_keys, HEAD_DIM=head_dim,
-        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq"))
+    dq_m, dq_n, dq_stages = cfg.dq_tiles(p > 0)
+    attention_bwd_dq_kernel[_grid(seq, dq_m, batch * heads, "attention backward")](
+        q, k, v, do, dq, lse, delta, *common, BLOCK_M=dq_m, BLOCK_N=dq_n, HEAD_DIM=head_dim,
+        HAS_DROPOUT=p > 0, **flags, **{**cfg.options("dq"), "num_stages": dq_stages})
     return dq, dk, dv
 
 
-def attention_dropout_keep_mask(batch_heads: int, seq: int, p: float, seed: int, device):
-    """The keep-mask the attention kernels draw, [B*H, S, S] (for tests and debugging)."""
+def attention_dropout_keep_mask(batch_heads: int, seq: int, p: float, seed: int, device, head_dim: int = 64,
+                                dtype=None):
+    """The keep-mask the attention kernels draw, [B*H, S, S], for q of this head dim and dtype (default
+    fp32: they choose the grouping, launch.attention_config) on this device (for tests and debugging)."""
     import torch
 
-    return torch.stack([dropout.keep_mask(seq, seq, p, seed, bh, device, fragment=True) for bh in range(batch_heads)])
+    from bertfast.kernels.launch import attention_config
+
+    tiles = attention_config(head_dim, dtype or torch.float32, seq).mask_tiles
+    return torch.stack([dropout.keep_mask(seq, seq, p, seed, bh, device, grouping="tiles" if tiles else "fragment")
+                        for bh in range(batch_heads)])

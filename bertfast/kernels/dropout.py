@@ -15,7 +15,21 @@ and forward and backward kernels that name the same (seed, row, col, stream) dra
                                           word 2 (l % 2) + (l // 2) % 2, half l // 4:
                                           l = 0..7 -> w0 lo, w2 lo, w1 lo, w3 lo, w0 hi, w2 hi, w1 hi, w3 hi
   accumulator fragments (fragment_keep:   col = 32 a + 8 j + 2 c + e takes group 4 a + c, word j, half e
-  attention's P)
+  attention's P, the interpreter's and
+  the fp32 / head dim 128 tiles)
+  query-key tiles (tile_keep: attention's query q = 128 A + 64 x + 16 B + 8 y + z and key
+  P at head dim <= 64, 16-bit)            k = 16 C + 8 u + v take the call c0 = 64 A + 8 B + z, c1 = 8 C + v,
+                                          c3 = 1, word 2 x + y, half u
+
+The query-key grouping is for the backward: a thread of the dK/dV kernel, which holds Pᵀ (keys as the
+accumulator's rows), holds keys {k, k + 8} and queries of one residue mod 8; a thread of the forward or
+dQ kernel (128 queries over one warpgroup) holds queries {q, q + 8, q + 64, q + 72} and keys of two
+residues mod 8. Each call's 8 elements, queries {q, q+8, q+64, q+72} x keys {k, k+8}, lie in one thread
+in all three kernels: no thread exchanges mask bits (the fragment grouping's 8 keys of one query cross
+threads in the transposed frame). c3 = 1 keeps its calls apart from the other groupings'. The query
+group is c0 because a forward thread's calls share their queries: Philox's first round multiplies c0
+(and c2), so its product is computed once for the thread's 8 calls (1205 SASS instructions a forward
+trip, against 1254 with the key group as c0).
 
 An element is kept when its 16 bits are >= threshold(p) = round(p * 65536): the kept probability is
 exactly 1 - threshold / 65536, and kept values are scaled by keep_scale(p), its inverse, so the
@@ -108,13 +122,49 @@ def fragment_keep(seed, rows, col0, stream, threshold, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def tile_rows(block, B0, NB: tl.constexpr):
+    """The queries of a query-key tile (tile_keep), in tile order: [32 NB], index i = 32 NB x + 16 b + 8 y
+    + z holds query 128 block + 64 x + 16 (B0 + b) + 8 y + z (NB = 4, B0 = 0: the 128 queries of the
+    block in order)."""
+    i = tl.arange(0, 32 * NB)
+    x = i // (16 * NB)
+    return block * 128 + 64 * x + 16 * B0 + (i - 16 * NB * x)
+
+
+@triton.jit
+def tile_keep(seed, block, B0, NB: tl.constexpr, col0, stream, threshold, BLOCK_N: tl.constexpr,
+              KEYS_FIRST: tl.constexpr):
+    """The keep-mask of the queries tile_rows(block, B0, NB) against keys col0 .. col0 + BLOCK_N - 1 (col0
+    and BLOCK_N multiples of 16) in the query-key grouping: [32 NB, BLOCK_N] bool, or its transpose
+    [BLOCK_N, 32 NB] when KEYS_FIRST (the dK/dV kernel's frame)."""
+    C: tl.constexpr = BLOCK_N // 16
+    key_groups = (col0 // 16 + tl.arange(0, C))[:, None] * 8 + tl.arange(0, 8)[None, :]  # [C, v]
+    query_groups = block * 64 + (B0 + tl.arange(0, NB))[:, None] * 8 + tl.arange(0, 8)[None, :]  # [b, z]
+    r0, r1, r2, r3 = tl.philox(seed, query_groups[:, :, None, None], key_groups[None, None, :, :], stream, 1,
+                               ROUNDS)
+    t = threshold.to(tl.uint32)
+    # [b, z, C, v, u, y, x] (word 2 x + y, half u)
+    keep = tl.join(tl.join(_keep_lanes(r0, t), _keep_lanes(r1, t)), tl.join(_keep_lanes(r2, t), _keep_lanes(r3, t)))
+    if KEYS_FIRST:  # -> [C, u, v, x, b, y, z]
+        keep = tl.reshape(tl.permute(keep, (2, 4, 3, 6, 0, 5, 1)), (BLOCK_N, 32 * NB))
+    else:  # -> [x, b, y, z, C, u, v]
+        keep = tl.reshape(tl.permute(keep, (6, 0, 5, 1, 2, 4, 3)), (32 * NB, BLOCK_N))
+    return keep
+
+
+GROUPINGS = ("rows", "fragment", "tiles")  # random_bits, fragment_keep, tile_keep
+
+
+@triton.jit
 def keep_mask_kernel(KEEP, M, N, threshold, seed, stream, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     FRAGMENT: tl.constexpr):
-    """KEEP[row, col] = whether the kernels keep element (row, col) of `stream` (for tests): the row-tile
-    grouping of random_bits, or fragment_keep's when FRAGMENT."""
+                     GROUPING: tl.constexpr):
+    """KEEP[row, col] = whether the kernels keep element (row, col) of `stream` (for tests), in grouping
+    GROUPINGS[GROUPING] (tiles: BLOCK_M = 128)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    if FRAGMENT:
+    if GROUPING == 2:
+        keep = tile_keep(seed, tl.program_id(0), 0, 4, tl.program_id(1) * BLOCK_N, stream, threshold, BLOCK_N, False)
+    elif GROUPING == 1:
         keep = fragment_keep(seed, rows, tl.program_id(1) * BLOCK_N, stream, threshold, BLOCK_N)
     else:
         keep = random_bits(seed, rows, tl.program_id(1) * BLOCK_N, stream, BLOCK_N) >= threshold
@@ -122,15 +172,20 @@ def keep_mask_kernel(KEEP, M, N, threshold, seed, stream, BLOCK_M: tl.constexpr,
              mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
-def keep_mask(rows: int, n: int, p: float, seed: int, stream: int = 0, device="cpu", fragment: bool = False):
-    """[rows, n] bool: the elements the kernels keep for (seed, stream) at dropout probability p; fragment
-    selects fragment_keep's grouping (attention) over random_bits' (LayerNorm)."""
+def keep_mask(rows: int, n: int, p: float, seed: int, stream: int = 0, device="cpu", fragment: bool = False,
+              grouping: str | None = None):
+    """[rows, n] bool: the elements the kernels keep for (seed, stream) at dropout probability p, in
+    `grouping` (GROUPINGS; default: fragment_keep's (attention) if fragment else random_bits' (LayerNorm))."""
     import torch
 
+    grouping = grouping or ("fragment" if fragment else "rows")
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
     keep = torch.empty((rows, n), dtype=torch.int8, device=device)
-    block_m, block_n = 16, 64
+    block_m, block_n = (128 if grouping == "tiles" else 16), 64
     if rows and n:
         with device_guard(keep):
             keep_mask_kernel[(triton.cdiv(rows, block_m), triton.cdiv(n, block_n))](
-                keep, rows, n, threshold(p), seed, stream, BLOCK_M=block_m, BLOCK_N=block_n, FRAGMENT=fragment)
+                keep, rows, n, threshold(p), seed, stream, BLOCK_M=block_m, BLOCK_N=block_n,
+                GROUPING=GROUPINGS.index(grouping))
     return keep.bool()

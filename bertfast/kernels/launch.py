@@ -163,6 +163,19 @@ class AttentionConfig:
     dq_stages: int
     # ptxas' register cap (maxnreg) of the forward, dK/dV and dQ kernels; None: ptxas' own choice
     max_registers: tuple[int | None, int | None, int | None] = (None, None, None)
+    # dropout's grouping: the query-key tiles (dropout.tile_keep; forward and dQ at 128 queries over one
+    # warpgroup, dK/dV trips of 32, 64 or 128 queries) or the fragment grouping (dropout.fragment_keep)
+    mask_tiles: bool = False
+    # the dQ kernel's (queries, keys, stages) with dropout where they differ from (dq_queries, dq_keys,
+    # dq_stages): the query-key grouping needs 128 queries per program; without dropout 64 x 64 is faster
+    # (sm90 model)
+    dq_dropout_tiles: tuple[int, int, int] | None = None
+
+    def dq_tiles(self, dropout: bool) -> tuple[int, int, int]:
+        """(query rows per program, keys per step, pipeline stages) of the dQ kernel."""
+        if dropout and self.dq_dropout_tiles is not None:
+            return self.dq_dropout_tiles
+        return self.dq_queries, self.dq_keys, self.dq_stages
 
     def options(self, kernel: str) -> dict:
         """Launch options of kernel 'fwd', 'dkdv' or 'dq'."""
@@ -192,7 +205,10 @@ def attention_config(head_dim: int, dtype, seq: int = 512) -> AttentionConfig:
             return AttentionConfig(32, 32, 8, 2, 32, 16, 4, 1, 32, 32, 4, 1)
         return AttentionConfig(16, 32, 8, 2, 32, 16, 8, 1, 16, 32, 8, 1, max_registers=(128, None, None))
     if head_dim <= 64:
-        return AttentionConfig(128, 64, 4, 3, 64, 64, 4, 2, 64, 64, 4, 2)
+        # (with dropout, dQ at 128 queries over one warpgroup, as the forward: each thread then holds the
+        # query-key grouping's queries q, q + 8, q + 64, q + 72 in all three kernels; 32 keys a step, as
+        # 64 spill; the forward at 2 stages, as 3 spill with dropout and a key mask)
+        return AttentionConfig(128, 64, 4, 2, 64, 64, 4, 2, 64, 64, 4, 2, mask_tiles=True, dq_dropout_tiles=(128, 32, 4))
     # d = 128: dK/dV accumulators of 128 keys x 128 over two warpgroups (64 keys each hold 128 registers a
     # thread and spill)
     return AttentionConfig(128, 64, 8, 2, 128, 32, 8, 1, 64, 64, 4, 1)
