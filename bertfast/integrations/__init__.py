@@ -6,12 +6,13 @@ from bertfast.integrations import trainer as _trainer
 _trainer.install()
 
 
-def optimize(model, *, padding_free: bool = True):
+def optimize(model, *, padding_free: bool = True, dtype=None):
     """bertfast.integrations.transformers.optimize: every transformers BertModel inside `model` runs
-    bertfast's fused ops and padding-free execution, in place (its classes, parameters and hooks kept)."""
+    bertfast's fused ops and padding-free execution, in place (its classes, parameters and hooks kept);
+    dtype=torch.bfloat16: its weights held in bf16, its outputs handed on in fp32."""
     from bertfast.integrations.transformers import optimize as run
 
-    return run(model, padding_free=padding_free)
+    return run(model, padding_free=padding_free, dtype=dtype)
 
 
 def restore(model):

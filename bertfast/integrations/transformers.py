@@ -95,13 +95,15 @@ def bert_model_forward(self, input_ids=None, attention_mask=None, token_type_ids
         reason = f"the arguments {sorted(set(kwargs) - _SERVED_KWARGS)}"
     elif (input_ids is None) == (inputs_embeds is None):
         reason = "not exactly one of input_ids and inputs_embeds (transformers says so)"
+    if inputs_embeds is not None and getattr(self, "_bertfast_outputs_fp32", False):
+        inputs_embeds = inputs_embeds.to(self.embeddings.word_embeddings.weight.dtype)  # (optimize's dtype=)
     if reason is not None:
         _warn_once(reason, f"bertfast: {reason} runs transformers' own BertModel.forward for that call")
-        return _original_forward(self)(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+        return _finish(self, _original_forward(self)(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                                        position_ids=position_ids, inputs_embeds=inputs_embeds,
                                        encoder_hidden_states=encoder_hidden_states,
                                        encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values,
-                                       use_cache=use_cache, **kwargs)
+                                       use_cache=use_cache, **kwargs))
     output_hidden_states = kwargs.get("output_hidden_states")
     output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
     return_dict = kwargs.get("return_dict")
@@ -125,7 +127,13 @@ def bert_model_forward(self, input_ids=None, attention_mask=None, token_type_ids
     out = BaseModelOutputWithPoolingAndCrossAttentions(
         last_hidden_state=sequence_output, pooler_output=pooled,
         hidden_states=tuple(all_hidden) if all_hidden is not None else None)
-    return out if return_dict else out.to_tuple()
+    return _finish(self, out if return_dict else out.to_tuple())
+
+
+def _finish(model, output):
+    """The forward's output, its floating tensors handed on in fp32 when optimize(dtype=...) set the model's
+    weights to a 16-bit dtype (the pooling, normalisation and heads after it run in fp32)."""
+    return _outputs_fp32(output) if getattr(model, "_bertfast_outputs_fp32", False) else output
 
 
 def bert_layer_forward(self, hidden_states, attention_mask=None, *args, bertfast_attn: AttentionInputs | None = None,
@@ -171,9 +179,64 @@ def _convert(model: nn.Module, padding_free: bool) -> None:
             setattr(layer, _FAST, True)
 
 
-def optimize(model: nn.Module, *, padding_free: bool = True) -> nn.Module:
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512-BF16 or AMX-BF16 on x86; bf16 on Arm): without
+    it oneDNN emulates bf16 matmuls, slower than fp32."""
+    import platform
+    from pathlib import Path
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() == "arm64" and platform.system() == "Darwin"  # Apple M2 and newer: bf16
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _outputs_fp32(output):
+    """A bf16 BertModel's output with its floating tensors (last_hidden_state, pooler_output,
+    hidden_states, attentions) in fp32."""
+    import torch
+
+    def up(x):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float32:
+            return x.float()
+        if isinstance(x, tuple):
+            return tuple(up(y) for y in x)
+        return x
+
+    if isinstance(output, tuple) and not hasattr(output, "keys"):
+        return up(output)
+    for key in list(output.keys()):
+        output[key] = up(output[key])
+    return output
+
+
+def _cast(module: nn.Module, dtype, name: str) -> None:
+    import torch
+
+    if dtype is None:
+        return
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"bertfast.optimize: dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+    devices = {p.device.type for p in module.parameters()}
+    if dtype == torch.bfloat16 and devices <= {"cpu"} and not cpu_supports_bf16():
+        _warn_once("bf16-cpu", "bertfast.optimize(dtype=torch.bfloat16): this CPU has no native bf16 (AVX-512-BF16, "
+                               "AMX or Arm bf16); the model stays in fp32")
+        return
+    module.to(dtype)
+    module._bertfast_outputs_fp32 = dtype != torch.float32
+
+
+def optimize(model: nn.Module, *, padding_free: bool = True, dtype=None) -> nn.Module:
     """Make every transformers BertModel inside `model` run bertfast's fused ops, in place; returns `model`.
-    padding_free=False keeps padded batches padded (the key-mask kernels) instead of packing them."""
+    padding_free=False keeps padded batches padded (the key-mask kernels) instead of packing them.
+    dtype=torch.bfloat16 holds each BertModel's weights in bf16 (cast once, here) and hands its outputs on
+    in fp32 (the pooling and normalisation after it, and heads outside it, run in fp32); on a CPU without
+    native bf16 it warns once and keeps fp32."""
     model_cls, _ = _bert_classes()
     converted, skipped = [], []
     for name, module in model.named_modules():
@@ -181,6 +244,7 @@ def optimize(model: nn.Module, *, padding_free: bool = True) -> nn.Module:
             why = unsupported(module.config)
             if why is None:
                 _convert(module, padding_free)
+                _cast(module, dtype, name)
                 converted.append(name or type(module).__name__)
             else:
                 skipped.append(f"{name or type(module).__name__} ({why})")
@@ -198,8 +262,8 @@ def restore(model: nn.Module) -> nn.Module:
     """Undo optimize: every module it converted runs transformers' own forward again."""
     for module in model.modules():
         if getattr(module, _FAST, False):
-            for attr in ("forward", _FAST, "_bertfast_padding_free"):
-                module.__dict__.pop(attr, None)
+            for attr in ("forward", _FAST, "_bertfast_padding_free", "_bertfast_outputs_fp32"):
+                module.__dict__.pop(attr, None)  # (weights stay in the dtype optimize(dtype=) cast them to)
     model.__dict__.pop("_bertfast_converted", None)
     return model
 
