@@ -360,3 +360,26 @@ def test_cuda_sequence_1024(dtype):
     real = mask.bool()[:, None, :, None].expand_as(out)
     err = lambda a, b: (a.float() - b.float())[real].abs().max().item()  # noqa: E731
     assert err(out, ref32) <= 2 * err(ref_lp, ref32) + 1e-3
+
+
+def test_cpu_varlen_groups_sequences_of_similar_length():
+    """The CPU path runs packed sequences in groups padded to their longest (one SDPA call per group, a key
+    mask where lengths differ): against each sequence's own softmax attention in fp64 (agreement to
+    rounding: 1e-12), with an empty sequence, one-token ones, equal lengths and a long outlier."""
+    from bertfast.ops.attention import GROUP_WASTE, _attention_varlen_reference, _length_groups
+
+    lengths = [30, 31, 29, 5, 100, 1, 64, 64, 0, 7, 33, 1]
+    groups = _length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == [i for i, n in enumerate(lengths) if n > 0]
+    assert [6, 7] in groups and [4] in groups and len(groups) < len(lengths) - 1
+    for g in groups:
+        assert len(g) * max(lengths[i] for i in g) ** 2 <= GROUP_WASTE * sum(lengths[i] ** 2 for i in g)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(int(cu[-1]), 3, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+    got = _attention_varlen_reference(q, k, v, cu, max(lengths), 0.25, 0.0)
+    for a, b in zip(cu.tolist(), cu.tolist()[1:]):
+        if b > a:
+            qq, kk, vv = (t[a:b].transpose(0, 1) for t in (q, k, v))
+            want = torch.softmax(qq @ kk.transpose(-1, -2) * 0.25, -1) @ vv
+            torch.testing.assert_close(got[a:b], want.transpose(0, 1), atol=1e-12, rtol=0)

@@ -202,16 +202,56 @@ def _attention_reference(q, k, v, key_mask, scale, p):
     return out
 
 
+# Groups of packed sequences padded to their longest may cost at most this much more attention work than
+# the sequences alone: one SDPA call per group instead of one per sequence (each call's fixed cost on a CPU
+# is that of a whole short sequence's attention).
+GROUP_WASTE = 1.25
+
+
+def _length_groups(lengths: list[int]) -> list[list[int]]:
+    """The non-empty sequences in groups of similar length (shortest first): each group's padded work
+    (members x longest**2) within GROUP_WASTE of its members' own (sum of length**2)."""
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: lengths[i])
+    groups, work = [], 0
+    for i in order:
+        n = lengths[i]
+        if groups and (len(groups[-1]) + 1) * n * n <= GROUP_WASTE * (work + n * n):
+            groups[-1].append(i)
+            work += n * n
+        else:
+            groups.append([i])
+            work = n * n
+    return groups
+
+
 def _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p):
-    """SDPA on each packed sequence in turn: no padding, no copies beyond writing the output."""
+    """SDPA over groups of packed sequences of similar length (_length_groups), each group gathered into a
+    padded [members, heads, longest, D] batch with a key mask (none when its lengths are equal), the
+    output written back to the packed rows."""
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds, bounds[1:]):
-        if end > start:
+    starts, lengths = bounds[:-1], [b - a for a, b in zip(bounds, bounds[1:])]
+    for group in _length_groups(lengths):
+        longest = lengths[group[-1]]
+        if len(group) == 1:
             # [1, heads, len, D] views: SDPA's fused CPU kernel takes these strides (3-D inputs fall back to
             # its slow math path)
-            q_, k_, v_ = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
-            out[start:end] = F.scaled_dot_product_attention(q_, k_, v_, dropout_p=p, scale=scale)[0].transpose(0, 1)
+            start = starts[group[0]]
+            q_, k_, v_ = (t[start:start + longest].transpose(0, 1)[None] for t in (q, k, v))
+            out[start:start + longest] = F.scaled_dot_product_attention(q_, k_, v_, dropout_p=p, scale=scale)[0].transpose(0, 1)
+            continue
+        member_starts = torch.tensor([starts[i] for i in group], device=q.device)
+        member_lengths = torch.tensor([lengths[i] for i in group], device=q.device)
+        positions = torch.arange(longest, device=q.device)
+        valid = positions[None, :] < member_lengths[:, None]  # [members, longest]
+        rows = torch.where(valid, member_starts[:, None] + positions[None, :], member_starts[:, None])
+        flat = rows.flatten()
+        q_, k_, v_ = (t.index_select(0, flat).view(*rows.shape, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
+        mask = None if bool(valid.all()) else valid[:, None, None, :]  # [members, heads, longest, D] above
+        context = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, dropout_p=p, scale=scale)
+        keep = valid.flatten().nonzero().squeeze(1)
+        out.index_copy_(0, flat.index_select(0, keep),
+                        context.transpose(1, 2).reshape(-1, *q.shape[1:]).index_select(0, keep))
     return out
 
 

@@ -327,4 +327,10 @@ MUTANTS = [
     Mutant("optimize(dtype=bf16): cast on a CPU without native bf16", "bertfast/integrations/transformers.py",
            'if dtype == torch.bfloat16 and devices <= {"cpu"} and not cpu_supports_bf16():', "if False:",
            ("tests/test_cpu_bf16.py", "-k native")),
+    Mutant("CPU varlen groups: the key mask dropped (padding keys attended)", "bertfast/ops/attention.py",
+           "mask = None if bool(valid.all()) else valid[:, None, None, :]", "mask = None",
+           ("tests/test_attention.py", "-k cpu_varlen_groups")),
+    Mutant("CPU varlen groups: a group padded past its waste bound", "bertfast/ops/attention.py",
+           "if groups and (len(groups[-1]) + 1) * n * n <= GROUP_WASTE * (work + n * n):", "if groups:",
+           ("tests/test_attention.py", "-k cpu_varlen_groups")),
 ]
