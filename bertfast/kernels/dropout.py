@@ -123,7 +123,7 @@ def fragment_keep(seed, rows, col0, stream, threshold, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def tile_rows(block, B0, NB: tl.constexpr):
-    """The queries of a query-key tile (tile_keep), in tile order: [32 NB], index i = 32 NB x + 16 b + 8 y
+    """The queries of a query-key tile (tile_keep), in tile order: [32 NB], index i = 16 NB x + 16 b + 8 y
     + z holds query 128 block + 64 x + 16 (B0 + b) + 8 y + z (NB = 4, B0 = 0: the 128 queries of the
     block in order)."""
     i = tl.arange(0, 32 * NB)
