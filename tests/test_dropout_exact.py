@@ -167,8 +167,12 @@ ATTENTION_CASES = [("interpreter", torch.float32, 64, 40), ("gpu", torch.float32
                    ("gpu", torch.float16, 64, 168), ("gpu", torch.bfloat16, 128, 137)]
 
 
-@pytest.mark.parametrize("mode", ["packed", "padded"])
-@pytest.mark.parametrize("tiles,dtype,dim,seq", ATTENTION_CASES, ids=lambda x: str(x).replace("torch.", ""))
+# (fp16 takes bf16's tiles, which run in both modes at S = 137; fp16 runs packed only, at S = 168: CI's time)
+ATTENTION_RUNS = [(*case, mode) for case in ATTENTION_CASES for mode in ("packed", "padded")
+                  if not (case[1] == torch.float16 and mode == "padded")]
+
+
+@pytest.mark.parametrize("tiles,dtype,dim,seq,mode", ATTENTION_RUNS, ids=lambda x: str(x).replace("torch.", ""))
 def test_attention_masks_exact(monkeypatch, mode, tiles, dtype, dim, seq):
     monkeypatch.setenv("BERTFAST_GPU_TILES", "1" if tiles == "gpu" else "0")
     assert_attention_masks_exact(mode, dtype, dim, seq)
