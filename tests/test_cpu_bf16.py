@@ -123,3 +123,18 @@ def test_benchmark_skips_an_absent_peer_with_a_message(monkeypatch):
     assert by["OpenVINO f32"].skipped == "openvino not installed (pip install .[cpu-peers])"
     assert by["bertfast fp32"].min_cosine >= 0.99999 and by[bench.BASELINE].min_cosine > 0.99999
     assert "| MiniLM | OpenVINO f32 | skipped |" in bench.table(rows, bench.cpu_info())
+
+
+def test_own_model_in_bf16_on_the_cpu(minilm_dir):
+    """bertfast's own BertModel after .to(torch.bfloat16) (outputs in bf16, as transformers' would be): left
+    padding and a one-token row, each real token within cosine 0.995 of fp32."""
+    model = bertfast.BertModel.from_pretrained(minilm_dir).eval()
+    ids = torch.randint(1000, 5000, (3, 9), generator=torch.Generator().manual_seed(4))
+    mask = torch.tensor([[1] * 9, [0] * 4 + [1] * 5, [0] * 8 + [1]])
+    with torch.inference_mode():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = model.to(torch.bfloat16)(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert got.dtype == torch.bfloat16
+    real = mask.bool()
+    cosine = torch.nn.functional.cosine_similarity(got.float()[real], want[real], dim=-1)
+    assert cosine.min().item() >= 0.995, cosine.min().item()
