@@ -34,7 +34,6 @@ import importlib.util
 import inspect
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -56,16 +55,10 @@ ISA_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "
 # The machine ------------------------------------------------------------------------------------------
 def cpu_info() -> dict:
     """The CPU's model name and which of the ISA flags that decide the ranking it has."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        model = found.group(1).strip() if found else model
-        found = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        flags = set(found.group(1).split()) if found else set()
-    except OSError:
-        pass
-    return {"model": model, "flags": {f: f in flags for f in ISA_FLAGS}, "threads": THREADS,
+    from bertfast.info import cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    return {"model": cpu_model(), "flags": {f: f in flags for f in ISA_FLAGS}, "threads": THREADS,
             "cores": os.cpu_count()}
 
 
@@ -225,8 +218,6 @@ def bertfast_bf16(model, _tokenizer, _calibration, _work):
 
     import bertfast
 
-    if "dtype" not in inspect.signature(bertfast.optimize).parameters:
-        raise Skip("bertfast.optimize has no dtype= (bf16 on the CPU not built yet)")
     return _torch_forward(bertfast.optimize(copy.deepcopy(model), dtype=torch.bfloat16))
 
 
@@ -454,21 +445,14 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         stem = out / f"cpu-runtimes-{time.strftime('%Y-%m-%d')}"
+        from bertfast.info import _version
+
         versions = {m: _version(m) for m in ("torch", "transformers", *PEERS)}
         stem.with_suffix(".md").write_text(text + "\n\n" + f"versions: {versions}; median of {args.rounds} "
                                            "interleaved rounds\n")
         stem.with_suffix(".json").write_text(json.dumps({"cpu": info, "versions": versions, "rounds": args.rounds,
                                                          "rows": [asdict(r) for r in rows]}, indent=1))
     return 0
-
-
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:
-        return None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,31 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def _cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:  # (not Linux)
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's, else platform's)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo: x86 'flags', Arm 'Features'); empty where it cannot be read."""
+    flags: set[str] = set()
+    for line in _cpuinfo().splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return flags
+
+
 def backends_for(device: str) -> dict[str, str]:
     mode = _backend.backend_mode()
     is_cuda = device == "cuda"

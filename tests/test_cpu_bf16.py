@@ -7,6 +7,7 @@ MiniLM the sentence embeddings stay within cosine 0.9995 of fp32's (the issue's 
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import warnings
 
@@ -96,8 +97,17 @@ def test_bad_dtype_is_refused(minilm_dir):
         bertfast.optimize(minilm(minilm_dir), dtype=torch.float16)
 
 
-def test_cpu_flags_are_read():
-    assert isinstance(integration.cpu_supports_bf16(), bool)
+@pytest.mark.parametrize("cpuinfo,native", [
+    ("model name\t: Xeon\nflags\t\t: fpu avx2 avx512f avx512_vnni\n", False),
+    ("model name\t: Xeon\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n", True),
+    ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", True),  # Arm
+    ("", False)])  # /proc/cpuinfo unreadable (not Linux)
+def test_native_bf16_read_from_the_cpu_flags(monkeypatch, cpuinfo, native):
+    info = importlib.import_module("bertfast.info")  # (the module: bertfast.info is also a function)
+    monkeypatch.setattr(info, "_cpuinfo", lambda: cpuinfo)
+    assert integration.cpu_supports_bf16() is native
+    if "model name" in cpuinfo:
+        assert info.cpu_model() == "Xeon"
 
 
 # The benchmark's plumbing -----------------------------------------------------------------------------

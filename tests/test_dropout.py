@@ -95,7 +95,7 @@ def test_attention_forward_and_backward_draw_the_same_mask():
     k = torch.randn(1, 1, seq, 32)
     v = torch.eye(seq)[None, None, :, :32].contiguous().requires_grad_()  # keys 0..31 one-hot
     out = ops.fused_attention(q, k, v, None, dropout_p=p, training=True, seed=seed)
-    keep = dropout.keep_mask(seq, seq, p, seed, stream=0, fragment=True)
+    keep = dropout.keep_mask(seq, seq, p, seed, stream=0, grouping="fragment")
     dropped = ~keep[:, :32]
     assert torch.all(out[0, 0][dropped] == 0) and torch.all(out[0, 0][~dropped] > 0)
     (dv,) = torch.autograd.grad(out, v, torch.ones_like(out))

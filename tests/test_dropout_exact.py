@@ -55,7 +55,8 @@ def test_gpu_tiles_are_forced(monkeypatch):
     monkeypatch.setenv("BERTFAST_GPU_TILES", "1")
     bf16 = attention_config(64, torch.bfloat16)
     assert (bf16.fwd_m, bf16.fwd_n, bf16.dkdv_keys, bf16.dq_queries, bf16.mask_tiles) == (128, 64, 64, 64, True)
-    assert bf16.dq_tiles(True) == (128, 32, 4) and bf16.dq_tiles(False) == (64, 64, 2)
+    assert bf16.dq_tiles(True) == (128, 32) and bf16.dq_tiles(False) == (64, 64)
+    assert bf16.options("dq", True)["num_stages"] == 4 and bf16.options("dq")["num_stages"] == 2
     assert attention_config(128, torch.bfloat16).dkdv_keys == 128 and attention_config(64, torch.float32).fwd_m == 32
     assert (layer_norm_config(768, 2, False).rows, layer_norm_config(768, 2, False).warps) == (2, 4)
     assert layer_norm_config(8192, 4, True).chunk == 2048

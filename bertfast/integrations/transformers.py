@@ -180,20 +180,11 @@ def _convert(model: nn.Module, padding_free: bool) -> None:
 
 
 def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512-BF16 or AMX-BF16 on x86; bf16 on Arm): without
-    it oneDNN emulates bf16 matmuls, slower than fp32."""
-    import platform
-    from pathlib import Path
+    """Whether this CPU computes bf16 natively (AVX-512-BF16 or AMX-BF16 on x86; bf16 on Arm), as Linux
+    reports it: without it oneDNN emulates bf16 matmuls, slower than fp32. (Elsewhere: no.)"""
+    from bertfast.info import cpu_flags
 
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine() == "arm64" and platform.system() == "Darwin"  # Apple M2 and newer: bf16
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def _outputs_fp32(output):
@@ -215,7 +206,7 @@ def _outputs_fp32(output):
     return output
 
 
-def _cast(module: nn.Module, dtype, name: str) -> None:
+def _cast(module: nn.Module, dtype) -> None:
     import torch
 
     if dtype is None:
@@ -244,7 +235,7 @@ def optimize(model: nn.Module, *, padding_free: bool = True, dtype=None) -> nn.M
             why = unsupported(module.config)
             if why is None:
                 _convert(module, padding_free)
-                _cast(module, dtype, name)
+                _cast(module, dtype)
                 converted.append(name or type(module).__name__)
             else:
                 skipped.append(f"{name or type(module).__name__} ({why})")

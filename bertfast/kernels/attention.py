@@ -127,11 +127,20 @@ def _dkdv_step(BLOCK_M: tl.constexpr, PERMUTED: tl.constexpr):
 
 
 @triton.jit
+def _dkdv_tile(trip, BLOCK_M: tl.constexpr):
+    """A permuted dK/dV trip's query-key tile (dropout.tile_rows / tile_keep): its block of 128 queries and
+    its first 16-query run B0 (each trip takes BLOCK_M // 32 runs)."""
+    per_block: tl.constexpr = 128 // BLOCK_M
+    return trip // per_block, (trip % per_block) * (BLOCK_M // 32)
+
+
+@triton.jit
 def _dkdv_rows(start_m, BLOCK_M: tl.constexpr, PERMUTED: tl.constexpr):
-    """The queries of a dK/dV trip (see _dkdv_trips; start_m the loop's variable): [BLOCK_M]."""
+    """The queries of a dK/dV trip (see _dkdv_trips; start_m the loop's variable, the trip's number when
+    PERMUTED): [BLOCK_M]."""
     if PERMUTED:
-        per_block: tl.constexpr = 128 // BLOCK_M
-        rows = dropout.tile_rows(start_m // per_block, (start_m % per_block) * (BLOCK_M // 32), BLOCK_M // 32)
+        block, B0 = _dkdv_tile(start_m, BLOCK_M)
+        rows = dropout.tile_rows(block, B0, BLOCK_M // 32)
     else:
         rows = start_m + tl.arange(0, BLOCK_M)
     return rows
@@ -237,7 +246,6 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
         dk = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
         dv = tl.zeros((BLOCK_N, HEAD_DIM), tl.float32)
         for start_m in range(0, _dkdv_trips(seqlen, BLOCK_M, PERMUTED), _dkdv_step(BLOCK_M, PERMUTED)):
-            trip = start_m // _dkdv_step(BLOCK_M, PERMUTED)
             rows = _dkdv_rows(start_m, BLOCK_M, PERMUTED)
             row_ok = rows < seqlen
             q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
@@ -248,10 +256,9 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
             prob_t = tl.where(valid[:, None], tl.math.exp2(kq * qk_scale - lse[None, :]), 0.0)
             dp_t = _dot(v, tl.trans(do), DOT_FP32, IEEE)                           # (dO Vᵀ)ᵀ
             if HAS_DROPOUT:
-                if MASK_TILES:
-                    per_block: tl.constexpr = 128 // BLOCK_M
-                    keep_t = dropout.tile_keep(seed, trip // per_block, (trip % per_block) * (BLOCK_M // 32),
-                                               BLOCK_M // 32, key0, bh, threshold, BLOCK_N, True)
+                if MASK_TILES:  # (so PERMUTED: start_m is the trip's number)
+                    block, B0 = _dkdv_tile(start_m, BLOCK_M)
+                    keep_t = dropout.tile_keep(seed, block, B0, BLOCK_M // 32, key0, bh, threshold, BLOCK_N, True)
                 else:
                     keep_t = tl.trans(_keep_mask(seed, bh, rows, 0, key0, threshold, BLOCK_N, False))
                 prob_d = tl.where(keep_t, prob_t * drop_scale, 0.0)
@@ -403,10 +410,10 @@ def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int,
     attention_bwd_dkdv_kernel[_grid(seq, cfg.dkdv_keys, batch * heads, "attention backward")](
         q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
         HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))
-    dq_m, dq_n, dq_stages = cfg.dq_tiles(p > 0)
+    dq_m, dq_n = cfg.dq_tiles(p > 0)
     attention_bwd_dq_kernel[_grid(seq, dq_m, batch * heads, "attention backward")](
         q, k, v, do, dq, lse, delta, *common, BLOCK_M=dq_m, BLOCK_N=dq_n, HEAD_DIM=head_dim,
-        HAS_DROPOUT=p > 0, **flags, **{**cfg.options("dq"), "num_stages": dq_stages})
+        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq", p > 0))
     return dq, dk, dv
 
 

@@ -172,13 +172,11 @@ def keep_mask_kernel(KEEP, M, N, threshold, seed, stream, BLOCK_M: tl.constexpr,
              mask=(rows[:, None] < M) & (cols[None, :] < N))
 
 
-def keep_mask(rows: int, n: int, p: float, seed: int, stream: int = 0, device="cpu", fragment: bool = False,
-              grouping: str | None = None):
+def keep_mask(rows: int, n: int, p: float, seed: int, stream: int = 0, device="cpu", grouping: str = "rows"):
     """[rows, n] bool: the elements the kernels keep for (seed, stream) at dropout probability p, in
-    `grouping` (GROUPINGS; default: fragment_keep's (attention) if fragment else random_bits' (LayerNorm))."""
+    `grouping` (GROUPINGS: random_bits' rows (LayerNorm), attention's fragment_keep or tile_keep)."""
     import torch
 
-    grouping = grouping or ("fragment" if fragment else "rows")
     if grouping not in GROUPINGS:
         raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
     keep = torch.empty((rows, n), dtype=torch.int8, device=device)

@@ -171,17 +171,18 @@ class AttentionConfig:
     # (sm90 model)
     dq_dropout_tiles: tuple[int, int, int] | None = None
 
-    def dq_tiles(self, dropout: bool) -> tuple[int, int, int]:
-        """(query rows per program, keys per step, pipeline stages) of the dQ kernel."""
+    def dq_tiles(self, dropout: bool) -> tuple[int, int]:
+        """(query rows per program, keys per step) of the dQ kernel."""
         if dropout and self.dq_dropout_tiles is not None:
-            return self.dq_dropout_tiles
-        return self.dq_queries, self.dq_keys, self.dq_stages
+            return self.dq_dropout_tiles[:2]
+        return self.dq_queries, self.dq_keys
 
-    def options(self, kernel: str) -> dict:
-        """Launch options of kernel 'fwd', 'dkdv' or 'dq'."""
+    def options(self, kernel: str, dropout: bool = False) -> dict:
+        """Launch options of kernel 'fwd', 'dkdv' or 'dq' (with or without dropout: dq_dropout_tiles)."""
         index = ("fwd", "dkdv", "dq").index(kernel)
+        dq_stages = self.dq_dropout_tiles[2] if dropout and self.dq_dropout_tiles is not None else self.dq_stages
         out = {"num_warps": (self.fwd_warps, self.dkdv_warps, self.dq_warps)[index],
-               "num_stages": (self.fwd_stages, self.dkdv_stages, self.dq_stages)[index]}
+               "num_stages": (self.fwd_stages, self.dkdv_stages, dq_stages)[index]}
         if self.max_registers[index] is not None and not interpreted():
             out["maxnreg"] = self.max_registers[index]
         return out

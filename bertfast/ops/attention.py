@@ -246,8 +246,9 @@ def _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p):
         valid = positions[None, :] < member_lengths[:, None]  # [members, longest]
         rows = torch.where(valid, member_starts[:, None] + positions[None, :], member_starts[:, None])
         flat = rows.flatten()
+        # [members, heads, longest, D]
         q_, k_, v_ = (t.index_select(0, flat).view(*rows.shape, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
-        mask = None if bool(valid.all()) else valid[:, None, None, :]  # [members, heads, longest, D] above
+        mask = None if bool(valid.all()) else valid[:, None, None, :]
         context = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, dropout_p=p, scale=scale)
         keep = valid.flatten().nonzero().squeeze(1)
         out.index_copy_(0, flat.index_select(0, keep),

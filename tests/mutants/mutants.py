@@ -317,8 +317,8 @@ MUTANTS = [
            "tl.minimum(tl.cdiv(seqlen % 128, BLOCK_M // 2), per_block)", "tl.minimum(tl.cdiv(seqlen % 128, BLOCK_M), per_block)",
            ("tests/test_dropout_exact.py", "-k attention_masks_exact and float16-64-168")),
     Mutant("dK/dV query-key trips: the second trip of a block reads the first's queries", ATT,
-           "rows = dropout.tile_rows(start_m // per_block, (start_m % per_block) * (BLOCK_M // 32), BLOCK_M // 32)",
-           "rows = dropout.tile_rows(start_m // per_block, 0, BLOCK_M // 32)",
+           "rows = dropout.tile_rows(block, B0, BLOCK_M // 32)",
+           "rows = dropout.tile_rows(block, 0, BLOCK_M // 32)",
            ("tests/test_dropout_exact.py", "-k attention_masks_exact and bfloat16-64-137")),
     # --- bf16 on the CPU (issue: as fast on a CPU as the best CPU runtimes) -----------------------------
     Mutant("optimize(dtype=bf16): the outputs handed on in bf16, not fp32", "bertfast/integrations/transformers.py",
