@@ -54,8 +54,16 @@ def backends_for(device: str) -> dict[str, str]:
     embed = "torch reference" if mode == "torch" or not ext else ("bertfast._C (CUDA)" if is_cuda else "bertfast._C (C++)")
     if embed != "torch reference" and triton_ops.startswith("triton"):
         embed += ", backward triton"  # (the GPU backward is a Triton kernel pair: kernels/embedding_sum.py)
-    return {"embedding_sum": embed, "fused_bias_gelu": triton_ops, "fused_residual_layer_norm": triton_ops,
-            "fused_attention": triton_ops if triton_ops != "torch reference" else "torch reference (SDPA)"}
+    out = {"embedding_sum": embed, "fused_bias_gelu": triton_ops, "fused_residual_layer_norm": triton_ops,
+           "fused_attention": triton_ops if triton_ops != "torch reference" else "torch reference (SDPA)"}
+    if not is_cuda and triton_ops == "torch reference" and mode != "torch" and \
+            hasattr(_backend.extension(), "cpu_kernels_capability"):
+        # the C++ CPU kernels (bertfast/ops/cpu.py) where nothing needs a gradient
+        kernels = f"bertfast._C (C++ {_backend.extension().cpu_kernels_capability()}) without gradients, else "
+        for op in ("fused_bias_gelu", "fused_residual_layer_norm"):
+            out[op] = kernels + out[op]
+        out["fused_attention"] = kernels.replace("without", "packed, without") + out["fused_attention"]
+    return out
 
 
 def info(print_out: bool = True) -> dict:

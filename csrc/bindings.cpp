@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 #include <torch/library.h>
 
+#include "cpu_kernels.h"
 #include "embedding_sum.h"
 
 TORCH_LIBRARY(bertfast_C, m) {
@@ -15,6 +16,10 @@ TORCH_LIBRARY(bertfast_C, m) {
   m.def(
       "embedding_table_backward(Tensor grad, Tensor ids, Tensor? order, int num_rows, int padding_idx, "
       "int stream) -> Tensor");
+  // CPU inference kernels (cpu_kernels.h, cpu_ops.cpp): no autograd; Python routes to them without gradients.
+  m.def("bias_gelu_cpu(Tensor x, Tensor bias, str approximate) -> Tensor");
+  m.def("residual_layer_norm_cpu(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps) -> Tensor");
+  m.def("varlen_attention_cpu(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, float scale) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -26,6 +31,8 @@ PYBIND11_MODULE(_C, m) {
     return false;
 #endif
   }, "Whether the CUDA sources were compiled into this build.");
+  m.def("cpu_kernels_capability", [] { return std::string(bertfast::cpu::capability()); },
+        "Which compiled copy of the CPU kernels runs here: DEFAULT, AVX2 or AVX512 (ATEN_CPU_CAPABILITY caps it).");
   m.def("embedding_forward_launch", [](int64_t tokens, int64_t hidden, int elem_size, bool aligned) {
     const bertfast::ForwardLaunch cfg = bertfast::embedding_forward_launch(tokens, hidden, elem_size, aligned);
     return std::make_tuple(cfg.vec, cfg.threads_x, cfg.threads_y, cfg.blocks);

@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_dry_run(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "BERTFAST_BACKEND")}
+    # (not this run's pytest-xdist worker variables either: pytest-benchmark then turns itself off)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRITON_INTERPRET", "BERTFAST_BACKEND") and not k.startswith("PYTEST_XDIST")}
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path), "--dry-run"],
                          capture_output=True, text=True, env=env, timeout=600)
     print(out.stdout[-5000:], out.stderr[-2000:])

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from bertfast import _backend, ops
 from bertfast.models.batch import AttentionInputs, embed_batch, self_attention
-from bertfast.nn.modules import _ACTIVATIONS
+from bertfast.nn.modules import _ACTIVATIONS, fused_on_cpu
 
 _WARNED: set[str] = set()
 _FAST = "_bertfast_fast"  # marks an instance forward set by optimize
@@ -162,7 +162,8 @@ def _intermediate(module, x, layer):
     dense = module.dense
     hidden_act = getattr(getattr(layer.attention.self, "config", None), "hidden_act", None)
     approximate = _ACTIVATIONS.get(hidden_act, (None, None))[0] if isinstance(hidden_act, str) else None
-    if approximate is not None and type(dense) is nn.Linear and dense.bias is not None and _backend.use_triton(x):
+    if approximate is not None and type(dense) is nn.Linear and dense.bias is not None and (
+            _backend.use_triton(x) or fused_on_cpu(approximate, x, dense.weight, dense.bias)):
         return ops.fused_bias_gelu(F.linear(x, dense.weight), dense.bias, approximate)
     return module.intermediate_act_fn(dense(x))
 

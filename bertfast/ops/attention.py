@@ -7,7 +7,8 @@ is what `linear(x).view(B, S, heads, D).transpose(1, 2)` gives, without a copy);
 [B + 1]). A query row with no key to attend to (a fully padded or zero-length sequence) gives zeros and
 zero gradients. Dropout on the probabilities is drawn in the kernel from `seed` and redrawn in the
 backward. Triton on CUDA (and under TRITON_INTERPRET=1 with BERTFAST_BACKEND=triton); elsewhere the
-torch reference (SDPA), through the same padding semantics.
+torch reference (SDPA), through the same padding semantics, except packed attention on the CPU without
+gradients or dropout, which is the C++ kernel (ops/cpu.py: each sequence read in place, no padding).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, check_probability, check_same_device, check_tensor
+from bertfast.ops import cpu
 from bertfast.ops._custom import FusedOp
 from bertfast.ops._seed import dropout_seed
 
@@ -183,6 +185,8 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     scale = _softmax_scale(softmax_scale, q.shape[-1])
     p = float(dropout_p) if training else 0.0
     if not _backend.use_triton(q):
+        if p == 0 and cpu.applies(q, k, v):
+            return cpu.varlen_attention(q, k, v, cu_seqlens, scale)  # packed, in place: no gather, no padding
         return _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p)
     q, k, v = (t.contiguous() for t in (q, k, v))
     out, _ = _attention(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, dropout_seed(p, seed, q.device))

@@ -1,6 +1,7 @@
 """fused_bias_gelu: gelu(x + bias) in one pass each way.
 
-Triton on CUDA (and under the interpreter with BERTFAST_BACKEND=triton), the torch reference elsewhere.
+Triton on CUDA (and under the interpreter with BERTFAST_BACKEND=triton); on the CPU without gradients the
+C++ kernel (ops/cpu.py), else the torch reference.
 Registered as the custom op bertfast::bias_gelu (autograd through bertfast::bias_gelu_backward), so
 torch.compile traces it as one node (eager calls skip its dispatch: see ops/_custom.py). The backward
 recomputes x + bias rather than storing it.
@@ -11,6 +12,7 @@ import torch
 
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, check_same_device, check_tensor
+from bertfast.ops import cpu
 from bertfast.ops._custom import FusedOp
 from bertfast.reference import bias_gelu_ref
 
@@ -59,6 +61,8 @@ def fused_bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "non
         raise ValueError(f"approximate must be one of {APPROXIMATIONS}, got {approximate!r}")
     check_same_device(x=x, bias=bias)
     if not _backend.use_triton(x):
+        if cpu.applies(x, bias):
+            return cpu.bias_gelu(x, bias, approximate)
         return bias_gelu_ref(x, bias, approximate).to(x.dtype)
     if x.numel() == 0:
         return torch.empty_like(x)

@@ -6,6 +6,7 @@ fp32 weights with bf16/fp16 activations are fine); under CUDA autocast it is fp3
 autocast gives layer_norm there (CPU autocast leaves layer_norm in its input dtype, and so does this op).
 Dropout is drawn in the kernel from `seed` with a counter-based generator and regenerated in the
 backward (no stored mask).
+On the CPU without gradients or dropout: the C++ kernel (ops/cpu.py).
 Registered as the custom op bertfast::residual_layer_norm, autograd through ..._backward (eager calls
 skip its dispatch: see ops/_custom.py).
 """
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from bertfast import _backend
 from bertfast._validate import FLOAT_DTYPES, check_probability, check_same_device, check_tensor
+from bertfast.ops import cpu
 from bertfast.ops._custom import FusedOp
 from bertfast.ops._seed import dropout_seed
 
@@ -114,6 +116,8 @@ def fused_residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, we
         if (x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)) != torch.float32:
             x = x.float()
     if not _backend.use_triton(x):
+        if p == 0 and cpu.applies(x, residual, weight, bias):
+            return cpu.residual_layer_norm(x, residual, weight, bias, eps)
         if p > 0:
             x = F.dropout(x, p, training=True)
         h = x if residual is None else x + residual

@@ -1,0 +1,83 @@
+"""The C++ CPU inference kernels of bertfast._C (csrc/cpu_kernels.cpp): bias+GELU, residual+LayerNorm, and
+padding-free attention, each one pass in fp32 over fp32, bf16 or fp16 rows, rounded once.
+
+The ops route CPU tensors here when nothing needs a gradient (inference, torch.no_grad, a frozen model),
+dropout is off, and the extension is built (BERTFAST_BACKEND=torch keeps the pure-torch reference); with
+gradients the reference runs, whose autograd is torch's. Under torch.compile the ops are opaque nodes
+(Python custom ops with fakes, around the C++ ones). Which compiled copy runs (DEFAULT, AVX2 or AVX512) follows ATen's
+choice for the CPU (`ATEN_CPU_CAPABILITY` caps it); `bertfast._C.cpu_kernels_capability()` says.
+"""
+from __future__ import annotations
+
+import torch
+
+from bertfast import _backend
+from bertfast.ops._custom import FusedOp
+
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _built() -> bool:
+    """Whether the built extension has the CPU kernels (an older build may not)."""
+    return hasattr(_backend.extension(), "cpu_kernels_capability")
+
+
+def _bias_gelu_impl(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    return torch.ops.bertfast_C.bias_gelu_cpu(x, bias, approximate)
+
+
+def _layer_norm_impl(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
+                     bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return torch.ops.bertfast_C.residual_layer_norm_cpu(x, residual, weight, bias, eps)
+
+
+def _layer_norm_fake(x, residual, weight, bias, eps):
+    dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    return x.new_empty(x.shape, dtype=dtype)
+
+
+def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    return torch.ops.bertfast_C.varlen_attention_cpu(q, k, v, cu_seqlens, scale)
+
+
+# Python custom ops around the C++ ones (as ops/embedding_sum.py does): their fakes are registered here,
+# without importing the extension, and eager calls go straight to the implementation (ops/_custom.py).
+_bias_gelu = FusedOp("bertfast::cpu_bias_gelu", _bias_gelu_impl, lambda x, bias, approximate: torch.empty_like(x))
+_layer_norm = FusedOp("bertfast::cpu_residual_layer_norm", _layer_norm_impl, _layer_norm_fake)
+_attention = FusedOp("bertfast::cpu_varlen_attention", _attention_impl,
+                     lambda q, k, v, cu_seqlens, scale: q.new_empty(q.shape))
+
+
+def applies(*tensors: torch.Tensor | None) -> bool:
+    """Whether the CPU kernels take these tensors: all on the CPU, in a kernel dtype, none needing a
+    gradient, the extension built with them and not turned off."""
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type != "cpu" or t.dtype not in KERNEL_DTYPES or (grad and t.requires_grad):
+            return False
+    return _backend.backend_mode() != "torch" and _built()
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    return _bias_gelu(flat, bias, approximate).view(x.shape)
+
+
+def residual_layer_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
+                        bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    hidden = x.shape[-1]
+    flat = x.reshape(-1, hidden).contiguous()
+    res = residual.reshape(-1, hidden).contiguous() if residual is not None else None
+    y = _layer_norm(flat, res, weight, bias, float(eps))
+    return y.view(x.shape)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """q, k, v [total, heads, D] (any row and head strides: views of a fused QKV projection are read in
+    place); the output is contiguous."""
+    q, k, v = (t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    return _attention(q, k, v, cu_seqlens, float(scale))

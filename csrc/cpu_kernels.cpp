@@ -1,0 +1,332 @@
+// The CPU inference kernels (cpu_kernels.h), compiled once per CPU capability: CMake defines CPU_CAPABILITY
+// (DEFAULT, AVX2 or AVX512: the namespace at::vec puts its implementation in, and ours) with the matching
+// CPU_CAPABILITY_<name> macro and compiler flags. Rows are converted to fp32 once, computed on in fp32
+// vectors (at::vec::Vectorized<float>, whose tails load and store `count` elements) and rounded once.
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu_kernels.h"
+
+#ifndef CPU_CAPABILITY
+#error "cpu_kernels.cpp is compiled with CPU_CAPABILITY defined (CMakeLists.txt)"
+#endif
+#define BERTFAST_CAT2(a, b) a##b
+#define BERTFAST_CAT(a, b) BERTFAST_CAT2(a, b)
+
+namespace bertfast::cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+using fVec = Vectorized<float>;
+constexpr int64_t kW = fVec::size();
+
+// Rows in and out of fp32 ---------------------------------------------------------------------------------
+template <typename T>
+void load_row(const T* src, float* dst, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else {
+    using bVec = Vectorized<T>;
+    int64_t i = 0;
+    for (; i + bVec::size() <= n; i += bVec::size()) {
+      auto [lo, hi] = at::vec::convert_to_float<T>(bVec::loadu(src + i));
+      lo.store(dst + i);
+      hi.store(dst + i + kW);
+    }
+    for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  }
+}
+
+template <typename T>
+void store_row(const float* src, T* dst, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else {
+    using bVec = Vectorized<T>;
+    int64_t i = 0;
+    for (; i + bVec::size() <= n; i += bVec::size()) {
+      at::vec::convert_from_float<T>(fVec::loadu(src + i), fVec::loadu(src + i + kW)).store(dst + i);
+    }
+    for (; i < n; ++i) dst[i] = static_cast<T>(src[i]);  // round to nearest even, as the vector path
+  }
+}
+
+// Element `offset` of a row of `type`, `n` of them, into / out of fp32.
+void load_any(c10::ScalarType type, const void* base, int64_t offset, float* dst, int64_t n) {
+  switch (type) {
+    case c10::ScalarType::Float: return load_row(static_cast<const float*>(base) + offset, dst, n);
+    case c10::ScalarType::BFloat16: return load_row(static_cast<const c10::BFloat16*>(base) + offset, dst, n);
+    default: return load_row(static_cast<const c10::Half*>(base) + offset, dst, n);
+  }
+}
+
+void store_any(c10::ScalarType type, const float* src, void* base, int64_t offset, int64_t n) {
+  switch (type) {
+    case c10::ScalarType::Float: return store_row(src, static_cast<float*>(base) + offset, n);
+    case c10::ScalarType::BFloat16: return store_row(src, static_cast<c10::BFloat16*>(base) + offset, n);
+    default: return store_row(src, static_cast<c10::Half*>(base) + offset, n);
+  }
+}
+
+float reduce_sum(const fVec& v) {
+  alignas(64) float lanes[kW];
+  v.store(lanes);
+  float s = 0.f;
+  for (int64_t i = 0; i < kW; ++i) s += lanes[i];
+  return s;
+}
+
+float reduce_max(const fVec& v) {
+  alignas(64) float lanes[kW];
+  v.store(lanes);
+  float m = lanes[0];
+  for (int64_t i = 1; i < kW; ++i) m = std::max(m, lanes[i]);
+  return m;
+}
+
+// Rows a task: about 16k elements, so that short rows do not cost a task each.
+int64_t grain(int64_t n) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)); }
+
+// bias + GELU -----------------------------------------------------------------------------------------------
+// 1 / x: on AVX-512 the 14-bit estimate and one Newton step (relative error ~1e-8, a quarter of vdivps' time);
+// elsewhere a division.
+inline fVec reciprocal(const fVec& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512 r = _mm512_rcp14_ps(x);
+  return fVec(_mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f))));
+#else
+  return fVec(1.0f) / x;
+#endif
+}
+
+// 1 + erf(x) by Abramowitz and Stegun 7.1.26 (erf's absolute error below 1.5e-7, as at::vec's erf) on
+// exp_u20, the fast exp of ATen's own CPU flash attention (at::vec's erf calls Sleef's exp, which costs more
+// than the rest). For x < 0 it is erfc(|x|) = poly(t) exp(-x^2) itself, not 1 - (1 - ...): no cancellation
+// in GELU's left tail, where 1 + erf is tiny.
+inline fVec one_plus_erf(const fVec& x) {
+  const fVec one(1.0f), two(2.0f), p(0.3275911f), a1(0.254829592f), a2(-0.284496736f), a3(1.421413741f);
+  const fVec a4(-1.453152027f), a5(1.061405429f);
+  const fVec ax = x.abs();
+  const fVec t = reciprocal(at::vec::fmadd(p, ax, one));
+  fVec poly = at::vec::fmadd(a5, t, a4);
+  poly = at::vec::fmadd(poly, t, a3);
+  poly = at::vec::fmadd(poly, t, a2);
+  poly = at::vec::fmadd(poly, t, a1) * t;
+  const fVec erfc = poly * (fVec(0.f) - ax * ax).exp_u20();  // erfc(|x|)
+  return fVec::blendv(two - erfc, erfc, x < fVec(0.f));
+}
+
+// 1 + tanh(u) = 2 e / (e + 1) with e = exp(2u), on exp_u20: no cancellation where tanh is close to -1 (2u
+// capped at 40, where 2 e / (e + 1) is 2 in fp32; e is 0 below -87, past ln(FLT_MIN)).
+inline fVec one_plus_tanh(const fVec& u) {
+  const fVec two(2.0f);
+  const fVec twice = two * u;
+  // (exactly 0 below -87 in every copy: the DEFAULT copy's exp is std::exp, which gives subnormals there)
+  const fVec e = fVec::blendv(at::vec::minimum(twice, fVec(40.f)).exp_u20(), fVec(0.f), twice < fVec(-87.f));
+  return two * e * reciprocal(e + fVec(1.0f));
+}
+
+template <bool kTanh>
+inline fVec gelu(const fVec& v) {
+  const fVec half(0.5f);
+  if constexpr (kTanh) {
+    const fVec beta(static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5)), kappa(0.044715f);
+    return half * v * one_plus_tanh(beta * at::vec::fmadd(kappa * v, v * v, v));
+  } else {
+    return half * v * one_plus_erf(v * fVec(static_cast<float>(M_SQRT1_2)));
+  }
+}
+
+// Two fp32 vectors of a row at a time (one 16-bit vector), straight from and to the row's own type.
+template <typename T, bool kTanh>
+void bias_gelu_rows(const T* x, const float* bias, T* out, int64_t r0, int64_t r1, int64_t n) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * n;
+    T* o = out + r * n;
+    int64_t i = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      for (; i < n; i += kW) {
+        const int64_t count = std::min(kW, n - i);
+        gelu<kTanh>(fVec::loadu(xr + i, count) + fVec::loadu(bias + i, count)).store(o + i, count);
+      }
+    } else {
+      using bVec = Vectorized<T>;
+      for (; i + bVec::size() <= n; i += bVec::size()) {
+        auto [lo, hi] = at::vec::convert_to_float<T>(bVec::loadu(xr + i));
+        lo = gelu<kTanh>(lo + fVec::loadu(bias + i));
+        hi = gelu<kTanh>(hi + fVec::loadu(bias + i + kW));
+        at::vec::convert_from_float<T>(lo, hi).store(o + i);
+      }
+      if (i < n) {  // the tail through fp32 buffers
+        float buf[2 * kW];
+        load_row(xr + i, buf, n - i);
+        for (int64_t j = 0; j < n - i; j += kW) {
+          const int64_t count = std::min(kW, n - i - j);
+          gelu<kTanh>(fVec::loadu(buf + j, count) + fVec::loadu(bias + i + j, count)).store(buf + j, count);
+        }
+        store_row(buf, o + i, n - i);
+      }
+    }
+  }
+}
+
+template <typename T>
+void bias_gelu_typed(const void* x, const float* bias, void* out, int64_t rows, int64_t n, bool tanh_form) {
+  at::parallel_for(0, rows, grain(n), [&](int64_t r0, int64_t r1) {
+    const T* xs = static_cast<const T*>(x);
+    T* os = static_cast<T*>(out);
+    if (tanh_form) {
+      bias_gelu_rows<T, true>(xs, bias, os, r0, r1, n);
+    } else {
+      bias_gelu_rows<T, false>(xs, bias, os, r0, r1, n);
+    }
+  });
+}
+
+void bias_gelu(c10::ScalarType type, const void* x, const float* bias, void* out, int64_t rows, int64_t n,
+               bool tanh_form) {
+  switch (type) {
+    case c10::ScalarType::Float: return bias_gelu_typed<float>(x, bias, out, rows, n, tanh_form);
+    case c10::ScalarType::BFloat16: return bias_gelu_typed<c10::BFloat16>(x, bias, out, rows, n, tanh_form);
+    default: return bias_gelu_typed<c10::Half>(x, bias, out, rows, n, tanh_form);
+  }
+}
+
+// residual + LayerNorm --------------------------------------------------------------------------------------
+void residual_layer_norm(c10::ScalarType x_type, const void* x, c10::ScalarType r_type, const void* residual,
+                         const float* weight, const float* bias, c10::ScalarType out_type, void* out, int64_t rows,
+                         int64_t n, float eps) {
+  at::parallel_for(0, rows, grain(n), [&](int64_t r0, int64_t r1) {
+    std::vector<float> h(n), r(residual != nullptr ? n : 0);
+    for (int64_t row = r0; row < r1; ++row) {
+      load_any(x_type, x, row * n, h.data(), n);
+      if (residual != nullptr) {
+        load_any(r_type, residual, row * n, r.data(), n);
+        for (int64_t i = 0; i < n; i += kW) {
+          const int64_t count = std::min(kW, n - i);
+          (fVec::loadu(h.data() + i, count) + fVec::loadu(r.data() + i, count)).store(h.data() + i, count);
+        }
+      }
+      fVec acc(0.f);
+      for (int64_t i = 0; i < n; i += kW) acc = acc + fVec::loadu(h.data() + i, std::min(kW, n - i));  // tails: zeros
+      const float mean = reduce_sum(acc) / static_cast<float>(n);
+      const fVec m(mean), zero(0.f);
+      acc = zero;
+      for (int64_t i = 0; i < n; i += kW) {
+        const int64_t count = std::min(kW, n - i);
+        const fVec d = fVec::set(zero, fVec::loadu(h.data() + i, count) - m, count);  // lanes past the row: 0
+        acc = at::vec::fmadd(d, d, acc);
+      }
+      const fVec rstd(1.0f / std::sqrt(reduce_sum(acc) / static_cast<float>(n) + eps));
+      for (int64_t i = 0; i < n; i += kW) {
+        const int64_t count = std::min(kW, n - i);
+        const fVec y = at::vec::fmadd((fVec::loadu(h.data() + i, count) - m) * rstd, fVec::loadu(weight + i, count),
+                                      fVec::loadu(bias + i, count));
+        y.store(h.data() + i, count);
+      }
+      store_any(out_type, h.data(), out, row * n, n);
+    }
+  });
+}
+
+// Padding-free attention ------------------------------------------------------------------------------------
+// One task per (sequence, head): its keys transposed into fp32 [dim][n rounded up to the vector width], its
+// queries (scaled) and values in fp32 [n][dim]. Then blocks of kQ query rows: scores for kW keys at a time
+// (each key vector loaded once for the kQ rows: kQ FMAs per load), a max-subtracted exp in fp32, the weighted
+// sum of values (each value vector loaded once for the kQ rows), one division, one rounding.
+constexpr int64_t kQ = 8;
+
+void varlen_attention(c10::ScalarType type, const void* q, const void* k, const void* v, const int64_t* strides,
+                      const int64_t* cu, int64_t batch, int64_t heads, int64_t dim, float scale,
+                      c10::ScalarType out_type, void* out) {
+  const int64_t q_row = strides[0], q_head = strides[1], k_row = strides[2], k_head = strides[3];
+  const int64_t v_row = strides[4], v_head = strides[5];
+  at::parallel_for(0, batch * heads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> kt, qs, vals, scores, obuf(kQ * dim), row(dim);
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t b = task / heads, hd = task % heads;
+      const int64_t start = cu[b], n = cu[b + 1] - cu[b];
+      if (n <= 0) continue;
+      const int64_t padded = (n + kW - 1) / kW * kW, rows = (n + kQ - 1) / kQ * kQ;
+      kt.assign(dim * padded, 0.f);
+      qs.assign(rows * dim, 0.f);  // rows past the sequence: zeros (computed on, never stored)
+      vals.resize(n * dim);
+      scores.assign(kQ * padded, 0.f);
+      for (int64_t j = 0; j < n; ++j) {
+        load_any(type, k, (start + j) * k_row + hd * k_head, row.data(), dim);
+        for (int64_t d = 0; d < dim; ++d) kt[d * padded + j] = row[d];
+        load_any(type, v, (start + j) * v_row + hd * v_head, vals.data() + j * dim, dim);
+        float* qrow = qs.data() + j * dim;
+        load_any(type, q, (start + j) * q_row + hd * q_head, qrow, dim);
+        for (int64_t d = 0; d < dim; ++d) qrow[d] *= scale;
+      }
+      const fVec lowest(-std::numeric_limits<float>::infinity()), zero(0.f);
+      for (int64_t i0 = 0; i0 < n; i0 += kQ) {
+        const int64_t nq = std::min(kQ, n - i0);
+        const float* qb = qs.data() + i0 * dim;
+        for (int64_t j = 0; j < padded; j += kW) {
+          fVec acc[kQ];
+          for (int64_t r = 0; r < kQ; ++r) acc[r] = zero;
+          for (int64_t d = 0; d < dim; ++d) {
+            const fVec kv = fVec::loadu(kt.data() + d * padded + j);
+            for (int64_t r = 0; r < kQ; ++r) acc[r] = at::vec::fmadd(fVec(qb[r * dim + d]), kv, acc[r]);
+          }
+          for (int64_t r = 0; r < kQ; ++r) acc[r].store(scores.data() + r * padded + j);
+        }
+        float inv[kQ];
+        for (int64_t r = 0; r < nq; ++r) {
+          float* s = scores.data() + r * padded;
+          fVec vmax = lowest;
+          for (int64_t j = 0; j < padded; j += kW) {
+            const fVec x = fVec::set(lowest, fVec::loadu(s + j), std::min(kW, n - j));  // keys past it: -inf
+            x.store(s + j);
+            vmax = at::vec::maximum(vmax, x);
+          }
+          const fVec m(reduce_max(vmax));
+          fVec vsum = zero;
+          for (int64_t j = 0; j < padded; j += kW) {
+            // keys past the sequence: 0 (not exp_u20(-inf), which the fast exp does not promise)
+            const fVec p = fVec::set(zero, (fVec::loadu(s + j) - m).exp_u20(), std::min(kW, n - j));
+            p.store(s + j);
+            vsum = vsum + p;
+          }
+          inv[r] = 1.0f / reduce_sum(vsum);
+        }
+        for (int64_t c = 0; c < dim; c += kW) {
+          const int64_t count = std::min(kW, dim - c);
+          fVec acc[kQ];
+          for (int64_t r = 0; r < kQ; ++r) acc[r] = zero;
+          for (int64_t j = 0; j < n; ++j) {
+            const fVec vv = fVec::loadu(vals.data() + j * dim + c, count);
+            for (int64_t r = 0; r < kQ; ++r) acc[r] = at::vec::fmadd(fVec(scores[r * padded + j]), vv, acc[r]);
+          }
+          for (int64_t r = 0; r < nq; ++r) (acc[r] * fVec(inv[r])).store(obuf.data() + r * dim + c, count);
+        }
+        for (int64_t r = 0; r < nq; ++r) {
+          store_any(out_type, obuf.data() + r * dim, out, ((start + i0 + r) * heads + hd) * dim, dim);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+const Kernels& BERTFAST_CAT(kernels_, CPU_CAPABILITY)() {
+  static const Kernels kernels{&CPU_CAPABILITY::bias_gelu, &CPU_CAPABILITY::residual_layer_norm,
+                               &CPU_CAPABILITY::varlen_attention};
+  return kernels;
+}
+
+}  // namespace bertfast::cpu

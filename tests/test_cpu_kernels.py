@@ -1,0 +1,290 @@
+"""The C++ CPU inference kernels (csrc/cpu_kernels.cpp, bertfast/ops/cpu.py): bias+GELU, residual+LayerNorm and
+padding-free attention against fp64 references of the same inputs.
+
+Tolerances. fp32: each kernel computes in fp32, so its error is fp32 rounding plus its approximations: erf
+by Abramowitz-Stegun 7.1.26 (absolute error < 1.5e-7) and the fast exp (exp_u20, ~20 ulp, 2.4e-6
+relative): 4e-6 absolute on GELU and attention outputs of size ~1 (a dropped term or a wrong constant is
+off by far more), 2e-5 on LayerNorm outputs (normalised values up to ~4, times weights up to ~3).
+bf16 / fp16: the fp32 result is rounded once, so it is within one unit in the last place of the fp64
+reference plus the fp32 error bound; rounding twice, or computing in 16 bits, breaks that bound.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertfast import ops
+from bertfast.ops import cpu
+
+pytestmark = pytest.mark.skipif(not cpu.applies(torch.zeros(1)), reason="bertfast._C built without the CPU kernels")
+
+LOW = (torch.bfloat16, torch.float16)
+DTYPES = (torch.float32, *LOW)
+
+
+MANTISSA = {torch.bfloat16: (7, -133), torch.float16: (10, -24)}  # stored bits, log2 of the smallest subnormal
+
+
+def spacing(want64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The distance between neighbouring values of `dtype` around each value of want64 (one ulp)."""
+    bits, smallest = MANTISSA[dtype]
+    exponent = torch.floor(torch.log2(want64.abs().clamp(min=2.0 ** -149)))
+    return torch.exp2(exponent - bits).clamp(min=2.0 ** smallest)
+
+
+def check(got: torch.Tensor, want64: torch.Tensor, atol32: float) -> None:
+    """fp32: within atol32 (the kernel's fp32 error bound). bf16 / fp16: the fp32 result rounded once, so
+    within one ulp of the exact value plus that fp32 error (two roundings, or arithmetic in 16 bits, are
+    off by more for values of any size)."""
+    assert not got.isnan().any()
+    err = (got.double() - want64).abs()
+    if got.dtype == torch.float32:
+        assert err.max().item() <= atol32 if got.numel() else True, f"fp32 error {err.max().item():.3g} > {atol32}"
+    else:
+        bound = spacing(want64, got.dtype) + atol32
+        assert (err <= bound).all(), f"{int((err > bound).sum())} elements off by more than an ulp + {atol32}"
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# bias + GELU ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n", [(1, 384), (37, 768), (3, 1024), (5, 1), (2, 7), (11, 33), (4, 1023)])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_bias_gelu(dtype, rows, n, approximate):
+    g = gen(rows * n)
+    x = (torch.randn(rows, n, generator=g) * 3).to(dtype)
+    bias = torch.randn(n, generator=g).to(dtype)
+    got = ops.fused_bias_gelu(x, bias, approximate)
+    assert got.dtype == dtype and got.shape == x.shape
+    check(got, F.gelu(x.double() + bias.double(), approximate=approximate), 4e-6)
+
+
+def test_bias_gelu_over_the_whole_range():
+    """Every bf16 value through erf and tanh GELU: within one bf16 spacing of the fp64 value plus 1e-7 |x|
+    (erf's own absolute error, 1.5e-7, times x / 2), so the left tail, where 1 + erf(x) is tiny, keeps its
+    relative accuracy (1 + erf is computed as erfc there, not by cancellation); subnormals; inf and NaN
+    as torch's own GELU gives them (NaN for erf GELU at +-inf, inf times 0)."""
+    x = torch.arange(-(2 ** 15), 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).reshape(256, 256)
+    finite = x.isfinite()
+    for approximate in ("none", "tanh"):
+        got = ops.fused_bias_gelu(x, torch.zeros(256), approximate)
+        want = F.gelu(x.double(), approximate=approximate)
+        err = (got.double() - want).abs()
+        bound = spacing(want, torch.bfloat16) + 1e-7 * x.double().abs()
+        assert (err[finite] <= bound[finite]).all(), approximate
+        torch.testing.assert_close(got[~finite].float(), F.gelu(x[~finite].float(), approximate=approximate),
+                                   equal_nan=True, rtol=0, atol=0)
+
+
+def test_bias_gelu_fp32_bias_with_bf16_x():
+    """autocast's case: a bf16 activation and the layer's fp32 bias, added in fp32 (not rounded first)."""
+    g = gen(3)
+    x, bias = torch.randn(9, 384, generator=g).bfloat16(), torch.randn(384, generator=g)
+    got = ops.fused_bias_gelu(x, bias)
+    assert got.dtype == torch.bfloat16
+    check(got, F.gelu(x.double() + bias.double()), 4e-6)
+
+
+# residual + LayerNorm -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n", [(1, 384), (37, 768), (3, 1024), (2, 1), (5, 7), (3, 1023), (2, 8192)])
+@pytest.mark.parametrize("residual", ["none", "same", "fp32"])
+def test_residual_layer_norm(dtype, rows, n, residual):
+    g = gen(rows + n)
+    x = (torch.randn(rows, n, generator=g) * 2 + 0.5).to(dtype)
+    res = None if residual == "none" else torch.randn(rows, n, generator=g).to(dtype if residual == "same" else torch.float32)
+    w, b = torch.rand(n, generator=g) * 3, torch.randn(n, generator=g)
+    got = ops.fused_residual_layer_norm(x, res, w.to(dtype), b.to(dtype), 1e-5)
+    h = x.double() + (res.double() if res is not None else 0)
+    want = F.layer_norm(h, (n,), w.to(dtype).double(), b.to(dtype).double(), 1e-5)
+    assert got.dtype == (dtype if residual != "fp32" else torch.float32)
+    check(got, want, 2e-5)
+
+
+def test_layer_norm_without_parameters_and_constant_rows():
+    """weight / bias None (1 and 0), a constant row (variance 0: bias, not NaN), and a large offset (the
+    two-pass variance: one pass of sum and sum of squares in fp32 would lose it)."""
+    x = torch.full((3, 768), 7.0)
+    x[1] = torch.randn(768, generator=gen(1)) + 1000.0
+    x[2, ::2] = -1.0
+    got = ops.fused_residual_layer_norm(x, None, None, None, 1e-12)
+    assert (got[0] == 0).all()
+    want = F.layer_norm(x.double(), (768,), eps=1e-12)
+    check(got[[0, 2]], want[[0, 2]], 2e-5)
+    # values near 1000 are 6e-5 apart in fp32, so their mean is only that exact: the row's outputs are off
+    # by ~3e-5 (torch's fp32 LayerNorm too); a one-pass variance would be off by orders more
+    check(got[1], want[1], 1e-4)
+    bias = torch.randn(768, generator=gen(2))
+    assert torch.equal(ops.fused_residual_layer_norm(x[:1], None, torch.ones(768), bias, 1e-12)[0], bias)
+
+
+# padding-free attention -----------------------------------------------------------------------------------
+def packed_qkv(lengths, heads, dim, dtype, seed=0):
+    """q, k, v as the three views of a fused QKV projection's output [total, 3, heads, dim] (the strides
+    the model hands over), and cu_seqlens."""
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    qkv = torch.randn(int(cu[-1]), 3, heads, dim, generator=gen(seed)).to(dtype)
+    q, k, v = qkv.unbind(1)
+    return q, k, v, cu
+
+
+def attention64(q, k, v, cu, scale):
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    for a, b in zip(cu.tolist(), cu.tolist()[1:]):
+        if b > a:
+            qq, kk, vv = (t[a:b].double().transpose(0, 1) for t in (q, k, v))
+            out[a:b] = (torch.softmax(qq @ kk.transpose(-1, -2) * scale, -1) @ vv).transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [32, 64, 24, 128])
+def test_varlen_attention(dtype, dim):
+    """Sequences of 1, 0 (empty), 5, 17 (not a multiple of the vector width or the query block), 33 and 70
+    tokens, read in place from the QKV projection's strided views."""
+    lengths = [1, 0, 5, 17, 33, 70]
+    q, k, v, cu = packed_qkv(lengths, 3, dim, dtype, seed=dim)
+    assert not q.is_contiguous()
+    got = ops.fused_attention_varlen(q, k, v, cu, max(lengths))
+    assert got.dtype == dtype and got.shape == q.shape
+    check(got, attention64(q, k, v, cu, dim ** -0.5), 4e-6)
+
+
+def test_varlen_attention_peaked_scores():
+    """Large scores (a softmax close to one-hot, exp's far range) and a custom scale."""
+    q, k, v, cu = packed_qkv([9, 40], 2, 32, torch.float32, seed=4)
+    q = q * 6
+    got = ops.fused_attention_varlen(q, k, v, cu, 40, softmax_scale=0.5)
+    # the fast exp's relative error (~2.4e-6) on each weight, summed over weights of up to 1: 1e-5
+    check(got, attention64(q, k, v, cu, 0.5), 1e-5)
+
+
+def test_the_kernels_run_where_they_apply_and_not_elsewhere(monkeypatch):
+    """Without gradients the ops are the C++ kernels (bit-identical to a direct torch.ops call); with a
+    gradient, dropout, fp64 or BERTFAST_BACKEND=torch, the reference (whose autograd is torch's)."""
+    x = torch.randn(5, 384, generator=gen(0))
+    w, b = torch.ones(384), torch.zeros(384)
+    direct = torch.ops.bertfast_C.residual_layer_norm_cpu(x, None, w, b, 1e-12)
+    assert torch.equal(ops.fused_residual_layer_norm(x, None, w, b), direct)
+    with torch.no_grad():
+        assert torch.equal(ops.fused_residual_layer_norm(x, None, w.requires_grad_(), b), direct)
+    y = ops.fused_residual_layer_norm(x, None, w, b)
+    assert y.requires_grad and y.grad_fn is not None
+    y.sum().backward()
+    assert w.grad is not None
+    assert not cpu.applies(x.double()) and not cpu.applies(x, w)
+    monkeypatch.setenv("BERTFAST_BACKEND", "torch")
+    assert not cpu.applies(x)
+
+
+def test_bertfast_bf16_model_runs_the_kernels(minilm_dir):
+    """optimize(dtype=bf16) MiniLM on a left-padded batch with a one-token row: the attention and LayerNorms
+    are the C++ kernels (the profile names them), and the embeddings match stock fp32."""
+    import bertfast
+    from transformers import BertModel
+
+    stock = BertModel.from_pretrained(minilm_dir, add_pooling_layer=False).eval()
+    fast = bertfast.optimize(BertModel.from_pretrained(minilm_dir, add_pooling_layer=False).eval(),
+                             dtype=torch.bfloat16)
+    ids = torch.randint(1000, 20000, (3, 12), generator=gen(7))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[0, :4] = 0  # left padding
+    mask[1, 1:] = 0  # one token
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        got = fast(input_ids=ids, attention_mask=mask).last_hidden_state
+    names = {e.key for e in prof.key_averages()}
+    assert {"bertfast_C::varlen_attention_cpu", "bertfast_C::residual_layer_norm_cpu"} <= names
+    with torch.inference_mode():
+        want = stock(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    cos = F.cosine_similarity(got[real].float(), want[real], dim=-1)
+    assert cos.min() > 0.995, cos.min()
+
+
+def test_under_torch_compile():
+    """The ops are opaque nodes of a compiled graph (their fakes give the shapes), with the same values."""
+    x, r = torch.randn(6, 384, generator=gen(1)).bfloat16(), torch.randn(6, 384, generator=gen(2))
+    w, b = torch.rand(384, generator=gen(3)), torch.randn(384, generator=gen(4))
+    q, k, v, cu = packed_qkv([3, 7], 2, 32, torch.bfloat16)
+
+    def f(x, r, q, k, v):
+        h = ops.fused_residual_layer_norm(ops.fused_bias_gelu(x, b), r, w, b)
+        return h, ops.fused_attention_varlen(q, k, v, cu, 7, validate=False)
+
+    with torch.no_grad():
+        want = f(x, r, q, k, v)
+        got = torch.compile(f, backend="aot_eager", fullgraph=True)(x, r, q, k, v)
+    for a, e in zip(got, want):
+        assert torch.equal(a, e)
+
+
+def test_bad_input_is_refused_by_the_ops():
+    """A direct torch.ops call is checked too: nothing reaches a kernel that would read out of bounds."""
+    q, k, v, cu = packed_qkv([3, 4], 2, 32, torch.float32)
+    with pytest.raises(RuntimeError, match="cu_seqlens must run from 0 to the 7"):
+        torch.ops.bertfast_C.varlen_attention_cpu(q, k, v, torch.tensor([0, 3, 9]), 1.0)
+    with pytest.raises(RuntimeError, match="must not decrease"):
+        torch.ops.bertfast_C.varlen_attention_cpu(q, k, v, torch.tensor([0, 5, 3, 7]), 1.0)
+    with pytest.raises(RuntimeError, match="k must be float32, bfloat16 or float16 like q"):
+        torch.ops.bertfast_C.varlen_attention_cpu(q, k.double(), v, cu, 1.0)
+    with pytest.raises(RuntimeError, match=r"v must be \[total, heads, dim\] like q"):
+        torch.ops.bertfast_C.varlen_attention_cpu(q, k, v[:5], cu, 1.0)
+    x = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match=r"bias must have shape \[8\]"):
+        torch.ops.bertfast_C.bias_gelu_cpu(x, torch.zeros(7), "none")
+    with pytest.raises(RuntimeError, match="approximate must be 'none' or 'tanh'"):
+        torch.ops.bertfast_C.bias_gelu_cpu(x, torch.zeros(8), "fast")
+    with pytest.raises(RuntimeError, match="x must be float32, bfloat16 or float16, got Long"):
+        torch.ops.bertfast_C.bias_gelu_cpu(x.long(), torch.zeros(8), "none")
+    with pytest.raises(RuntimeError, match="must be a contiguous 2-D"):
+        torch.ops.bertfast_C.residual_layer_norm_cpu(x.t(), None, None, None, 1e-5)
+    with pytest.raises(RuntimeError, match="residual has shape"):
+        torch.ops.bertfast_C.residual_layer_norm_cpu(x, torch.randn(4, 9), None, None, 1e-5)
+    with pytest.raises(RuntimeError, match="eps must be > 0"):
+        torch.ops.bertfast_C.residual_layer_norm_cpu(x, None, None, None, 0.0)
+    # and through the public ops, the usual ValueErrors first
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
+        ops.fused_attention_varlen(q, k, v, torch.tensor([0, 3, 9], dtype=torch.int32), 6)
+    with pytest.raises(ValueError, match="bias has shape"):
+        ops.fused_bias_gelu(x, torch.zeros(7))
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_every_compiled_copy(capability):
+    """Each CPU capability's copy (ATEN_CPU_CAPABILITY caps the one that runs) gives the results of the copy
+    this machine runs by default, within the fp32 tolerances (its vector width, and so its summation order,
+    differs)."""
+    if capability == "avx2" and "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no AVX2")
+    code = textwrap.dedent("""
+        import torch, bertfast._C as C
+        from bertfast import ops
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(7, 1023, generator=g) * 3
+        qkv = torch.randn(40, 3, 2, 24, generator=g)
+        cu = torch.tensor([0, 1, 17, 17, 40], dtype=torch.int32)
+        out = [ops.fused_bias_gelu(x, x[0]), ops.fused_bias_gelu(x, x[0], "tanh"),
+               ops.fused_residual_layer_norm(x, x.flip(0), x[1], x[2]),
+               ops.fused_attention_varlen(*qkv.unbind(1), cu, 23)]
+        torch.save((C.cpu_kernels_capability(), out), OUT)
+    """)
+    results = {}
+    for cap in (capability, None):
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bertfast-cap-{os.getpid()}-{cap}.pt")
+        env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+        if cap:
+            env["ATEN_CPU_CAPABILITY"] = cap
+        subprocess.run([sys.executable, "-c", code.replace("OUT", repr(path))], env=env, check=True)
+        results[cap] = torch.load(path)
+        os.remove(path)
+    name, got = results[capability]
+    assert name == capability.upper()
+    for a, e, tol in zip(got, results[None][1], (4e-6, 4e-6, 2e-5, 4e-6)):
+        assert (a - e).abs().max() <= 2 * tol
