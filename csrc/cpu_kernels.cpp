@@ -320,12 +320,69 @@ void varlen_attention(c10::ScalarType type, const void* q, const void* k, const 
   });
 }
 
+// int8 linear layers ----------------------------------------------------------------------------------------
+void quantize_rows(c10::ScalarType type, const void* x, int8_t* q, float* scale, int64_t rows, int64_t n) {
+  at::parallel_for(0, rows, grain(n), [&](int64_t r0, int64_t r1) {
+    std::vector<float> buf(n);
+    for (int64_t r = r0; r < r1; ++r) {
+      load_any(type, x, r * n, buf.data(), n);
+      fVec m(0.f);
+      for (int64_t i = 0; i < n; i += kW) m = at::vec::maximum(m, fVec::loadu(buf.data() + i, std::min(kW, n - i)).abs());
+      const float absmax = reduce_max(m);
+      const float s = absmax > 0.f ? absmax / 127.f : 1.f;
+      scale[r] = s;
+      const fVec inv(1.f / s);
+      int8_t* qr = q + r * n;
+      for (int64_t i = 0; i < n; i += kW) {
+        const int64_t count = std::min(kW, n - i);
+        // clamped to [-127, 127] (|x| / s is 127 up to its rounding), rounded half to even (as torch.round)
+        const fVec v = at::vec::clamp(fVec::loadu(buf.data() + i, count) * inv, fVec(-127.f), fVec(127.f));
+#if defined(CPU_CAPABILITY_AVX512)
+        const __mmask16 mask = count == kW ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
+        _mm512_mask_cvtsepi32_storeu_epi8(qr + i, mask, _mm512_cvtps_epi32(v));  // (the default mode: to even)
+#else
+        alignas(64) float rounded[kW];
+        v.round().store(rounded, count);
+        for (int64_t j = 0; j < count; ++j) qr[i + j] = static_cast<int8_t>(rounded[j]);
+#endif
+      }
+    }
+  });
+}
+
+void dequantize(const int32_t* acc, const float* row_scale, const float* col_scale, const float* bias, int activation,
+                c10::ScalarType out_type, void* out, int64_t rows, int64_t n) {
+  at::parallel_for(0, rows, grain(n), [&](int64_t r0, int64_t r1) {
+    std::vector<float> buf(n);
+    for (int64_t r = r0; r < r1; ++r) {
+      const fVec rs(row_scale[r]);
+      const int32_t* a = acc + r * n;
+#if !defined(CPU_CAPABILITY_AVX512)
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(a[i]);
+#endif
+      for (int64_t i = 0; i < n; i += kW) {
+        const int64_t count = std::min(kW, n - i);
+#if defined(CPU_CAPABILITY_AVX512)
+        const __mmask16 mask = count == kW ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
+        const fVec product(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, a + i)));
+#else
+        const fVec product = fVec::loadu(buf.data() + i, count);
+#endif
+        const fVec v = at::vec::fmadd(product * rs, fVec::loadu(col_scale + i, count), fVec::loadu(bias + i, count));
+        (activation == 1 ? gelu<false>(v) : activation == 2 ? gelu<true>(v) : v).store(buf.data() + i, count);
+      }
+      store_any(out_type, buf.data(), out, r * n, n);
+    }
+  });
+}
+
 }  // namespace
 }  // namespace CPU_CAPABILITY
 
 const Kernels& BERTFAST_CAT(kernels_, CPU_CAPABILITY)() {
   static const Kernels kernels{&CPU_CAPABILITY::bias_gelu, &CPU_CAPABILITY::residual_layer_norm,
-                               &CPU_CAPABILITY::varlen_attention};
+                               &CPU_CAPABILITY::varlen_attention, &CPU_CAPABILITY::quantize_rows,
+                               &CPU_CAPABILITY::dequantize};
   return kernels;
 }
 

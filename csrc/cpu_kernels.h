@@ -28,6 +28,13 @@ struct Kernels {
   void (*varlen_attention)(c10::ScalarType type, const void* q, const void* k, const void* v, const int64_t* strides,
                            const int64_t* cu, int64_t batch, int64_t heads, int64_t dim, float scale,
                            c10::ScalarType out_type, void* out);
+  // int8 linear layers: per-row (per-token) symmetric quantisation, q[r, :] = round(x[r, :] / scale[r])
+  // in [-127, 127] with scale[r] = max |x[r, :]| / 127 (1 for a zero row) ...
+  void (*quantize_rows)(c10::ScalarType type, const void* x, int8_t* q, float* scale, int64_t rows, int64_t n);
+  // ... and the int32 product's dequantisation, fused with the bias and the activation (0 none, 1 erf
+  // GELU, 2 tanh GELU): out[r, c] = act(acc[r, c] * row_scale[r] * col_scale[c] + bias[c]).
+  void (*dequantize)(const int32_t* acc, const float* row_scale, const float* col_scale, const float* bias,
+                     int activation, c10::ScalarType out_type, void* out, int64_t rows, int64_t n);
 };
 
 // The copy cpu_ops.cpp runs: "DEFAULT", "AVX2" or "AVX512".

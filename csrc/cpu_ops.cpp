@@ -122,7 +122,45 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x) {
+  check_rows(x, "x");
+  const int64_t rows = x.size(0), n = x.size(1);
+  at::Tensor q = at::empty({rows, n}, x.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({rows}, x.options().dtype(at::kFloat));
+  if (x.numel() > 0) {
+    kernels().quantize_rows(x.scalar_type(), x.data_ptr(), q.data_ptr<int8_t>(), scale.data_ptr<float>(), rows, n);
+  } else if (rows > 0) {
+    scale.fill_(1.0);
+  }
+  return {q, scale};
+}
+
+at::Tensor dequantize_cpu(const at::Tensor& acc, const at::Tensor& row_scale, const at::Tensor& col_scale,
+                          const std::optional<at::Tensor>& bias, c10::string_view activation, at::ScalarType out_dtype) {
+  TORCH_CHECK(acc.device().is_cpu() && acc.scalar_type() == at::kInt && acc.dim() == 2 && acc.is_contiguous(),
+              "acc must be a contiguous 2-D int32 CPU tensor, got ", acc.scalar_type(), " of shape ", acc.sizes());
+  const int64_t rows = acc.size(0), n = acc.size(1);
+  for (const auto& [t, name, size] : {std::tuple{&row_scale, "row_scale", rows}, {&col_scale, "col_scale", n}}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 1 && t->size(0) == size &&
+                    t->is_contiguous(), name, " must be a contiguous float32 CPU tensor of shape [", size, "], got ",
+                t->scalar_type(), " of shape ", t->sizes());
+  }
+  TORCH_CHECK(activation == "none" || activation == "gelu" || activation == "gelu_tanh",
+              "activation must be 'none', 'gelu' or 'gelu_tanh', got '", std::string(activation), "'");
+  TORCH_CHECK(kernel_dtype(out_dtype), "out_dtype must be float32, bfloat16 or float16, got ", out_dtype);
+  const at::Tensor b = fp32_vector(bias, "bias", n, 0.f);
+  at::Tensor out = at::empty({rows, n}, acc.options().dtype(out_dtype));
+  if (acc.numel() > 0) {
+    const int act = activation == "gelu" ? 1 : activation == "gelu_tanh" ? 2 : 0;
+    kernels().dequantize(acc.data_ptr<int32_t>(), row_scale.data_ptr<float>(), col_scale.data_ptr<float>(),
+                         b.data_ptr<float>(), act, out_dtype, out.data_ptr(), rows, n);
+  }
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(bertfast_C, CPU, m) {
+  m.impl("quantize_rows_cpu", &quantize_rows_cpu);
+  m.impl("dequantize_cpu", &dequantize_cpu);
   m.impl("bias_gelu_cpu", &bias_gelu_cpu);
   m.impl("residual_layer_norm_cpu", &residual_layer_norm_cpu);
   m.impl("varlen_attention_cpu", &varlen_attention_cpu);

@@ -184,6 +184,18 @@ def test_the_kernels_run_where_they_apply_and_not_elsewhere(monkeypatch):
     assert not cpu.applies(x)
 
 
+def test_dropout_without_gradients_is_not_skipped():
+    """Dropout in training mode under torch.no_grad (the kernels have none): the reference runs, and drops."""
+    x = torch.randn(64, 384, generator=gen(9))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        y = ops.fused_residual_layer_norm(x, x, None, None, 1e-12, dropout_p=0.5, training=True)
+        assert not torch.allclose(y, ops.fused_residual_layer_norm(x, x, None, None, 1e-12))
+        q, k, v, cu = packed_qkv([30, 34], 2, 32, torch.float32)
+        a = ops.fused_attention_varlen(q, k, v, cu, 34, dropout_p=0.5, training=True)
+        assert not torch.allclose(a, ops.fused_attention_varlen(q, k, v, cu, 34))
+
+
 def test_bertfast_bf16_model_runs_the_kernels(minilm_dir):
     """optimize(dtype=bf16) MiniLM on a left-padded batch with a one-token row: the attention and LayerNorms
     are the C++ kernels (the profile names them), and the embeddings match stock fp32."""

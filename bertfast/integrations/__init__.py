@@ -6,13 +6,14 @@ from bertfast.integrations import trainer as _trainer
 _trainer.install()
 
 
-def optimize(model, *, padding_free: bool = True, dtype=None):
+def optimize(model, *, padding_free: bool = True, dtype=None, quantize: str | None = None):
     """bertfast.integrations.transformers.optimize: every transformers BertModel inside `model` runs
     bertfast's fused ops and padding-free execution, in place (its classes, parameters and hooks kept);
-    dtype=torch.bfloat16: its weights held in bf16, its outputs handed on in fp32."""
+    dtype=torch.bfloat16: its weights held in bf16, its outputs handed on in fp32; quantize="int8": its
+    encoder's linear layers in int8 for CPU inference (bertfast.nn.int8)."""
     from bertfast.integrations.transformers import optimize as run
 
-    return run(model, padding_free=padding_free, dtype=dtype)
+    return run(model, padding_free=padding_free, dtype=dtype, quantize=quantize)
 
 
 def restore(model):

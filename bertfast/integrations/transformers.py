@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from bertfast import _backend, ops
 from bertfast.models.batch import AttentionInputs, embed_batch, self_attention
+from bertfast.nn.int8 import Int8Linear, dequantize_linear, quantize_linear
 from bertfast.nn.modules import _ACTIVATIONS, fused_on_cpu
 
 _WARNED: set[str] = set()
@@ -165,6 +166,8 @@ def _intermediate(module, x, layer):
     if approximate is not None and type(dense) is nn.Linear and dense.bias is not None and (
             _backend.use_triton(x) or fused_on_cpu(approximate, x, dense.weight, dense.bias)):
         return ops.fused_bias_gelu(F.linear(x, dense.weight), dense.bias, approximate)
+    if approximate is not None and isinstance(dense, Int8Linear):  # GELU fused into the dequantisation
+        return dense(x, activation="gelu" if approximate == "none" else "gelu_tanh")
     return module.intermediate_act_fn(dense(x))
 
 
@@ -223,12 +226,48 @@ def _cast(module: nn.Module, dtype) -> None:
     module._bertfast_outputs_fp32 = dtype != torch.float32
 
 
-def optimize(model: nn.Module, *, padding_free: bool = True, dtype=None) -> nn.Module:
+QUANTIZE = (None, "int8")
+
+
+def _quantize(module: nn.Module, quantize: str | None) -> None:
+    """quantize="int8": the encoder's linear layers (query, key, value sharing one quantised input; the
+    attention output; the intermediate, its GELU fused; the output) become Int8Linear, in place; the
+    model's parameters are frozen (int8 is for inference: no gradient passes an int8 layer)."""
+    if quantize is None:
+        return
+    import torch
+
+    devices = {p.device.type for p in module.parameters()}
+    if devices != {"cpu"}:
+        raise ValueError(f"bertfast.optimize(quantize='int8') is CPU inference; the model is on {sorted(devices)}")
+    if not hasattr(_backend.extension(), "cpu_kernels_capability") or not hasattr(torch, "_int_mm"):
+        raise RuntimeError("bertfast.optimize(quantize='int8') needs bertfast._C built with its CPU kernels "
+                           "and torch._int_mm")
+    for layer in module.encoder.layer:
+        sa = layer.attention.self
+        if all(type(lin) is nn.Linear for lin in (sa.query, sa.key, sa.value)):
+            first = quantize_linear(sa.query)
+            quantize_linear(sa.key, shared=first)
+            quantize_linear(sa.value, shared=first)
+        for lin in (layer.attention.output.dense, layer.intermediate.dense, layer.output.dense):
+            if type(lin) is nn.Linear:
+                quantize_linear(lin)
+    frozen = [p for p in module.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    module._bertfast_frozen = frozen
+
+
+def optimize(model: nn.Module, *, padding_free: bool = True, dtype=None, quantize: str | None = None) -> nn.Module:
     """Make every transformers BertModel inside `model` run bertfast's fused ops, in place; returns `model`.
     padding_free=False keeps padded batches padded (the key-mask kernels) instead of packing them.
     dtype=torch.bfloat16 holds each BertModel's weights in bf16 (cast once, here) and hands its outputs on
     in fp32 (the pooling and normalisation after it, and heads outside it, run in fp32); on a CPU without
-    native bf16 it warns once and keeps fp32."""
+    native bf16 it warns once and keeps fp32. quantize="int8" (CPU inference) runs each BertModel's encoder
+    linear layers in int8: per-channel weights, per-token activations (bertfast.nn.int8); its parameters
+    are frozen; restore() undoes it."""
+    if quantize not in QUANTIZE:
+        raise ValueError(f"bertfast.optimize: quantize must be one of {QUANTIZE}, got {quantize!r}")
     model_cls, _ = _bert_classes()
     converted, skipped = [], []
     for name, module in model.named_modules():
@@ -237,6 +276,7 @@ def optimize(model: nn.Module, *, padding_free: bool = True, dtype=None) -> nn.M
             if why is None:
                 _convert(module, padding_free)
                 _cast(module, dtype)
+                _quantize(module, quantize)
                 converted.append(name or type(module).__name__)
             else:
                 skipped.append(f"{name or type(module).__name__} ({why})")
@@ -256,6 +296,9 @@ def restore(model: nn.Module) -> nn.Module:
         if getattr(module, _FAST, False):
             for attr in ("forward", _FAST, "_bertfast_padding_free", "_bertfast_outputs_fp32"):
                 module.__dict__.pop(attr, None)  # (weights stay in the dtype optimize(dtype=) cast them to)
+            for p in module.__dict__.pop("_bertfast_frozen", []):
+                p.requires_grad_(True)
+        dequantize_linear(module)
     model.__dict__.pop("_bertfast_converted", None)
     return model
 
