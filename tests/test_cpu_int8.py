@@ -122,6 +122,11 @@ def test_minilm_in_int8(minilm_dir):
         with torch.inference_mode():
             return pool(m(**batch).last_hidden_state, batch["attention_mask"])
 
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        model(input_ids=torch.tensor([[101, 2023, 102]]))
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls["bertfast_C::quantize_rows_cpu"] == 4 * 6  # a layer: Q/K/V's shared input, then 3 more
+
     work, _ = batches(tokenizer, texts(96))
     for batch in work:
         batch = {k: torch.from_numpy(v) for k, v in batch.items()}

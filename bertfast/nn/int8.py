@@ -48,11 +48,13 @@ class Int8Linear(nn.Linear):
         self._bias32 = None if self.bias is None else self.bias.detach().float().contiguous()
         self._shared = _SharedInput()
 
-    def _quantized_input(self, flat: torch.Tensor):
+    def _quantized_input(self, x: torch.Tensor):
+        """x quantised per row, once for the layers sharing this one's input (the same tensor object: the
+        cache holds it, so it cannot be another tensor at a reused address)."""
         shared = self._shared
-        if shared.x is not flat:
-            shared.q, shared.scale = torch.ops.bertfast_C.quantize_rows_cpu(flat.contiguous())
-            shared.x = flat
+        if shared.x is not x:
+            shared.q, shared.scale = torch.ops.bertfast_C.quantize_rows_cpu(x.reshape(-1, self.in_features).contiguous())
+            shared.x = x
         return shared.q, shared.scale
 
     def forward(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
@@ -61,8 +63,7 @@ class Int8Linear(nn.Linear):
                                f"got an input on {x.device}{' that needs a gradient' if x.requires_grad else ''}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        flat = x.reshape(-1, self.in_features)
-        q, scale = self._quantized_input(flat)
+        q, scale = self._quantized_input(x)
         acc = torch._int_mm(q, self.weight_int8)
         out = torch.ops.bertfast_C.dequantize_cpu(acc, scale, self.weight_scale, self._bias32, activation, x.dtype)
         return out.view(*x.shape[:-1], self.out_features)
