@@ -4,8 +4,9 @@ padding-free attention, each one pass in fp32 over fp32, bf16 or fp16 rows, roun
 The ops route CPU tensors here when nothing needs a gradient (inference, torch.no_grad, a frozen model),
 dropout is off, and the extension is built (BERTFAST_BACKEND=torch keeps the pure-torch reference); with
 gradients the reference runs, whose autograd is torch's. Under torch.compile the ops are opaque nodes
-(Python custom ops with fakes, around the C++ ones). Which compiled copy runs (DEFAULT, AVX2 or AVX512) follows ATen's
-choice for the CPU (`ATEN_CPU_CAPABILITY` caps it); `bertfast._C.cpu_kernels_capability()` says.
+(Python custom ops with fakes, around the C++ ones). Which compiled copy runs (DEFAULT, AVX2 or AVX512)
+follows ATen's choice for the CPU (`ATEN_CPU_CAPABILITY` caps it); `bertfast._C.cpu_kernels_capability()`
+says.
 """
 from __future__ import annotations
 
