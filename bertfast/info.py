@@ -56,8 +56,9 @@ def backends_for(device: str) -> dict[str, str]:
         embed += ", backward triton"  # (the GPU backward is a Triton kernel pair: kernels/embedding_sum.py)
     out = {"embedding_sum": embed, "fused_bias_gelu": triton_ops, "fused_residual_layer_norm": triton_ops,
            "fused_attention": triton_ops if triton_ops != "torch reference" else "torch reference (SDPA)"}
-    if not is_cuda and triton_ops == "torch reference" and mode != "torch" and \
-            hasattr(_backend.extension(), "cpu_kernels_capability"):
+    from bertfast.ops.cpu import built as cpu_kernels_built
+
+    if not is_cuda and triton_ops == "torch reference" and mode != "torch" and cpu_kernels_built():
         # the C++ CPU kernels (bertfast/ops/cpu.py) where nothing needs a gradient
         kernels = f"bertfast._C (C++ {_backend.extension().cpu_kernels_capability()}) without gradients, else "
         for op in ("fused_bias_gelu", "fused_residual_layer_norm"):

@@ -240,7 +240,9 @@ def _quantize(module: nn.Module, quantize: str | None) -> None:
     devices = {p.device.type for p in module.parameters()}
     if devices != {"cpu"}:
         raise ValueError(f"bertfast.optimize(quantize='int8') is CPU inference; the model is on {sorted(devices)}")
-    if not hasattr(_backend.extension(), "cpu_kernels_capability") or not hasattr(torch, "_int_mm"):
+    from bertfast.ops.cpu import built
+
+    if not built() or not hasattr(torch, "_int_mm"):
         raise RuntimeError("bertfast.optimize(quantize='int8') needs bertfast._C built with its CPU kernels "
                            "and torch._int_mm")
     for layer in module.encoder.layer:

@@ -18,7 +18,7 @@ from bertfast.ops._custom import FusedOp
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _built() -> bool:
+def built() -> bool:
     """Whether the built extension has the CPU kernels (an older build may not)."""
     return hasattr(_backend.extension(), "cpu_kernels_capability")
 
@@ -59,7 +59,7 @@ def applies(*tensors: torch.Tensor | None) -> bool:
             continue
         if t.device.type != "cpu" or t.dtype not in KERNEL_DTYPES or (grad and t.requires_grad):
             return False
-    return _backend.backend_mode() != "torch" and _built()
+    return _backend.backend_mode() != "torch" and built()
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
