@@ -9,8 +9,9 @@ the forward from token ids to token embeddings differs. So the ratios compare th
 Python wrappers (sentence-transformers' `backend="onnx"`/`"openvino"` needs optimum, whose releases pin
 transformers below 5.6: the peers are exported here with their own tools).
 
-Systems: stock transformers fp32 (what sentence-transformers runs), bertfast fp32 and bf16
-(`bertfast.optimize`), ONNX Runtime fp32 with its BERT fusions (`onnxruntime.transformers.optimizer`) and
+Systems: stock transformers fp32 (what sentence-transformers runs), bertfast fp32, bf16 and int8
+(`bertfast.optimize`; int8 runs bf16 between its int8 matmuls where the CPU has bf16, as OpenVINO's int8
+does), ONNX Runtime fp32 with its BERT fusions (`onnxruntime.transformers.optimizer`) and
 dynamic int8 (`quantize_dynamic`, per-channel), OpenVINO f32, OpenVINO at its default precision (bf16
 on CPUs with AVX-512-BF16 or AMX) and int8 (`nncf.quantize`, calibrated on 300 of the texts). Models:
 the bundled MiniLM (6 layers, hidden 384) and a BERT-base-shaped model (12 layers, hidden 768, random
@@ -226,9 +227,16 @@ def bertfast_int8(model, _tokenizer, _calibration, _work):
 
     import bertfast
 
+    from bertfast.integrations.transformers import cpu_supports_bf16
+
     if "quantize" not in inspect.signature(bertfast.optimize).parameters:
         raise Skip("bertfast.optimize has no quantize= (int8 on the CPU not built yet)")
-    return _torch_forward(bertfast.optimize(copy.deepcopy(model), quantize="int8"))
+    # int8 matmuls; between them bf16 where the CPU has it, as OpenVINO's int8 row runs (its inference
+    # precision: the note column), fp32 elsewhere
+    dtype = torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    forward = _torch_forward(bertfast.optimize(copy.deepcopy(model), dtype=dtype, quantize="int8"))
+    forward.precision = f"activations {str(dtype).replace('torch.', '')}"
+    return forward
 
 
 class _Positional(torch.nn.Module):

@@ -240,80 +240,130 @@ void residual_layer_norm(c10::ScalarType x_type, const void* x, c10::ScalarType 
 }
 
 // Padding-free attention ------------------------------------------------------------------------------------
-// One task per (sequence, head): its keys transposed into fp32 [dim][n rounded up to the vector width], its
-// queries (scaled) and values in fp32 [n][dim]. Then blocks of kQ query rows: scores for kW keys at a time
-// (each key vector loaded once for the kQ rows: kQ FMAs per load), a max-subtracted exp in fp32, the weighted
-// sum of values (each value vector loaded once for the kQ rows), one division, one rounding.
-constexpr int64_t kQ = 8;
+// One task per (sequence, group of heads). The task reads its rows once, in order (each row's heads of the
+// group are one contiguous run when the heads are: the hardware prefetcher sees a stream, not one short
+// strided read per head), into fp32 buffers: queries (scaled) and values [row][head][dim], keys transposed
+// [head][dim][keys rounded up to a micro-tile]. Then per head, blocks of kQ query rows against micro-tiles
+// of kKV vectors: the scores (each key vector loaded once for the kQ rows), a max-subtracted exp in fp32, the
+// weighted sum of values (each value vector loaded once for the kQ rows), one division, one rounding. The
+// kQ x kKV accumulators stay in registers (16 of AVX-512's 32; 8 of AVX2's 16): rows past the sequence are
+// zero queries and columns past dim read the buffers' zeroed tails, computed on and never stored, so no
+// loop bound depends on a tail.
+constexpr int64_t kQ = kW >= 16 ? 8 : 4;
+constexpr int64_t kKV = 2;
+constexpr int64_t kTile = kKV * kW;
+// A task's buffers: at most about this many floats (256 KiB of a core's L2), fewer heads a task if more.
+constexpr int64_t kTaskFloats = 64 * 1024;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Row j's `count` heads from head h0 of x (row and head strides in elements, heads of `dim` contiguous
+// elements) into dst, [head][dim] contiguous.
+inline void load_heads(c10::ScalarType type, const void* x, int64_t row_stride, int64_t head_stride, int64_t row,
+                       int64_t h0, int64_t count, int64_t dim, float* dst) {
+  const int64_t base = row * row_stride + h0 * head_stride;
+  if (head_stride == dim) {
+    load_any(type, x, base, dst, count * dim);
+  } else {
+    for (int64_t h = 0; h < count; ++h) load_any(type, x, base + h * head_stride, dst + h * dim, dim);
+  }
+}
 
 void varlen_attention(c10::ScalarType type, const void* q, const void* k, const void* v, const int64_t* strides,
                       const int64_t* cu, int64_t batch, int64_t heads, int64_t dim, float scale,
                       c10::ScalarType out_type, void* out) {
   const int64_t q_row = strides[0], q_head = strides[1], k_row = strides[2], k_head = strides[3];
   const int64_t v_row = strides[4], v_head = strides[5];
-  at::parallel_for(0, batch * heads, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> kt, qs, vals, scores, obuf(kQ * dim), row(dim);
+  int64_t longest = 0;
+  for (int64_t b = 0; b < batch; ++b) longest = std::max(longest, cu[b + 1] - cu[b]);
+  // Heads a task: as many as fit the budget at the longest sequence, then fewer while there are under four
+  // tasks a thread (a batch of one long sequence still spreads over the cores).
+  int64_t group = std::clamp<int64_t>(kTaskFloats / std::max<int64_t>(1, 3 * dim * round_up(longest, kTile)), 1, heads);
+  const int64_t threads = at::get_num_threads();
+  while (group > 1 && batch * ((heads + group - 1) / group) < 4 * threads) group = (group + 1) / 2;
+  const int64_t groups = (heads + group - 1) / group;
+  const int64_t dim_tiles = round_up(dim, kTile);  // an output row's columns, rounded up to the micro-tile
+  at::parallel_for(0, batch * groups, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> kt, qs, vals, scores, obuf(kQ * dim_tiles), row(group * dim);
     for (int64_t task = t0; task < t1; ++task) {
-      const int64_t b = task / heads, hd = task % heads;
+      const int64_t b = task / groups, h0 = task % groups * group, hn = std::min(group, heads - h0);
       const int64_t start = cu[b], n = cu[b + 1] - cu[b];
       if (n <= 0) continue;
-      const int64_t padded = (n + kW - 1) / kW * kW, rows = (n + kQ - 1) / kQ * kQ;
-      kt.assign(dim * padded, 0.f);
-      qs.assign(rows * dim, 0.f);  // rows past the sequence: zeros (computed on, never stored)
-      vals.resize(n * dim);
-      scores.assign(kQ * padded, 0.f);
+      const int64_t keys = round_up(n, kTile), rows = round_up(n, kQ), width = hn * dim;  // width: a buffer row
+      kt.assign(hn * dim * keys, 0.f);
+      qs.assign(rows * width + kTile, 0.f);  // rows past the sequence and a tail past the last head: zeros
+      vals.assign(n * width + kTile, 0.f);
+      scores.resize(kQ * keys);
       for (int64_t j = 0; j < n; ++j) {
-        load_any(type, k, (start + j) * k_row + hd * k_head, row.data(), dim);
-        for (int64_t d = 0; d < dim; ++d) kt[d * padded + j] = row[d];
-        load_any(type, v, (start + j) * v_row + hd * v_head, vals.data() + j * dim, dim);
-        float* qrow = qs.data() + j * dim;
-        load_any(type, q, (start + j) * q_row + hd * q_head, qrow, dim);
-        for (int64_t d = 0; d < dim; ++d) qrow[d] *= scale;
+        load_heads(type, k, k_row, k_head, start + j, h0, hn, dim, row.data());
+        for (int64_t h = 0; h < hn; ++h) {
+          float* kh = kt.data() + h * dim * keys + j;
+          for (int64_t d = 0; d < dim; ++d) kh[d * keys] = row[h * dim + d];
+        }
+        load_heads(type, v, v_row, v_head, start + j, h0, hn, dim, vals.data() + j * width);
+        load_heads(type, q, q_row, q_head, start + j, h0, hn, dim, qs.data() + j * width);
+      }
+      for (int64_t i = 0; i < n * width; i += kW) {
+        (fVec::loadu(qs.data() + i) * fVec(scale)).store(qs.data() + i);  // (the tail past n * width: zeros)
       }
       const fVec lowest(-std::numeric_limits<float>::infinity()), zero(0.f);
-      for (int64_t i0 = 0; i0 < n; i0 += kQ) {
-        const int64_t nq = std::min(kQ, n - i0);
-        const float* qb = qs.data() + i0 * dim;
-        for (int64_t j = 0; j < padded; j += kW) {
-          fVec acc[kQ];
-          for (int64_t r = 0; r < kQ; ++r) acc[r] = zero;
-          for (int64_t d = 0; d < dim; ++d) {
-            const fVec kv = fVec::loadu(kt.data() + d * padded + j);
-            for (int64_t r = 0; r < kQ; ++r) acc[r] = at::vec::fmadd(fVec(qb[r * dim + d]), kv, acc[r]);
+      for (int64_t h = 0; h < hn; ++h) {
+        const float* kth = kt.data() + h * dim * keys;
+        for (int64_t i0 = 0; i0 < n; i0 += kQ) {
+          const float* qb = qs.data() + i0 * width + h * dim;  // query row r, element d: qb[r * width + d]
+          for (int64_t j = 0; j < keys; j += kTile) {
+            fVec acc[kQ][kKV];
+            for (int64_t r = 0; r < kQ; ++r)
+              for (int64_t x = 0; x < kKV; ++x) acc[r][x] = zero;
+            for (int64_t d = 0; d < dim; ++d) {
+              fVec kv[kKV];
+              for (int64_t x = 0; x < kKV; ++x) kv[x] = fVec::loadu(kth + d * keys + j + x * kW);
+              for (int64_t r = 0; r < kQ; ++r) {
+                const fVec qv(qb[r * width + d]);
+                for (int64_t x = 0; x < kKV; ++x) acc[r][x] = at::vec::fmadd(qv, kv[x], acc[r][x]);
+              }
+            }
+            for (int64_t r = 0; r < kQ; ++r)
+              for (int64_t x = 0; x < kKV; ++x) acc[r][x].store(scores.data() + r * keys + j + x * kW);
           }
-          for (int64_t r = 0; r < kQ; ++r) acc[r].store(scores.data() + r * padded + j);
-        }
-        float inv[kQ];
-        for (int64_t r = 0; r < nq; ++r) {
-          float* s = scores.data() + r * padded;
-          fVec vmax = lowest;
-          for (int64_t j = 0; j < padded; j += kW) {
-            const fVec x = fVec::set(lowest, fVec::loadu(s + j), std::min(kW, n - j));  // keys past it: -inf
-            x.store(s + j);
-            vmax = at::vec::maximum(vmax, x);
+          float inv[kQ];
+          for (int64_t r = 0; r < kQ; ++r) {
+            float* s = scores.data() + r * keys;
+            fVec vmax = lowest;
+            for (int64_t j = 0; j < keys; j += kW) {
+              const fVec x = fVec::set(lowest, fVec::loadu(s + j), std::clamp<int64_t>(n - j, 0, kW));  // past it: -inf
+              x.store(s + j);
+              vmax = at::vec::maximum(vmax, x);
+            }
+            const fVec m(reduce_max(vmax));
+            fVec vsum = zero;
+            for (int64_t j = 0; j < keys; j += kW) {
+              // keys past the sequence: 0 (not exp_u20(-inf), which the fast exp does not promise)
+              const fVec p = fVec::set(zero, (fVec::loadu(s + j) - m).exp_u20(), std::clamp<int64_t>(n - j, 0, kW));
+              p.store(s + j);
+              vsum = vsum + p;
+            }
+            inv[r] = 1.0f / reduce_sum(vsum);
           }
-          const fVec m(reduce_max(vmax));
-          fVec vsum = zero;
-          for (int64_t j = 0; j < padded; j += kW) {
-            // keys past the sequence: 0 (not exp_u20(-inf), which the fast exp does not promise)
-            const fVec p = fVec::set(zero, (fVec::loadu(s + j) - m).exp_u20(), std::min(kW, n - j));
-            p.store(s + j);
-            vsum = vsum + p;
+          const float* vh = vals.data() + h * dim;  // key j, element c: vh[j * width + c]
+          for (int64_t c = 0; c < dim; c += kTile) {
+            fVec acc[kQ][kKV];
+            for (int64_t r = 0; r < kQ; ++r)
+              for (int64_t x = 0; x < kKV; ++x) acc[r][x] = zero;
+            for (int64_t j = 0; j < n; ++j) {
+              fVec vv[kKV];
+              for (int64_t x = 0; x < kKV; ++x) vv[x] = fVec::loadu(vh + j * width + c + x * kW);
+              for (int64_t r = 0; r < kQ; ++r) {
+                const fVec p(scores[r * keys + j]);
+                for (int64_t x = 0; x < kKV; ++x) acc[r][x] = at::vec::fmadd(p, vv[x], acc[r][x]);
+              }
+            }
+            for (int64_t r = 0; r < kQ; ++r)
+              for (int64_t x = 0; x < kKV; ++x) (acc[r][x] * fVec(inv[r])).store(obuf.data() + r * dim_tiles + c + x * kW);
           }
-          inv[r] = 1.0f / reduce_sum(vsum);
-        }
-        for (int64_t c = 0; c < dim; c += kW) {
-          const int64_t count = std::min(kW, dim - c);
-          fVec acc[kQ];
-          for (int64_t r = 0; r < kQ; ++r) acc[r] = zero;
-          for (int64_t j = 0; j < n; ++j) {
-            const fVec vv = fVec::loadu(vals.data() + j * dim + c, count);
-            for (int64_t r = 0; r < kQ; ++r) acc[r] = at::vec::fmadd(fVec(scores[r * padded + j]), vv, acc[r]);
+          for (int64_t r = 0; r < std::min(kQ, n - i0); ++r) {
+            store_any(out_type, obuf.data() + r * dim_tiles, out, ((start + i0 + r) * heads + h0 + h) * dim, dim);
           }
-          for (int64_t r = 0; r < nq; ++r) (acc[r] * fVec(inv[r])).store(obuf.data() + r * dim + c, count);
-        }
-        for (int64_t r = 0; r < nq; ++r) {
-          store_any(out_type, obuf.data() + r * dim, out, ((start + i0 + r) * heads + hd) * dim, dim);
         }
       }
     }

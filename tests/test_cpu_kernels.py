@@ -157,6 +157,28 @@ def test_varlen_attention(dtype, dim):
     check(got, attention64(q, k, v, cu, dim ** -0.5), 4e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_varlen_attention_head_groups_and_strides(threads):
+    """A task takes a group of heads (as many as fit its buffers, fewer while the threads have under four
+    tasks each): with 5 heads the groups are 3 + 2 on one thread, single heads on more; a 300-token
+    sequence at dim 64 forces one head a task by the buffer budget. Heads that are not contiguous (a
+    head stride of dim + 8, read a head at a time) and rows of a transposed layout give the same answer."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for lengths, heads, dim in (([7, 20], 5, 32), ([300], 3, 64), ([1, 13, 2], 5, 16)):
+            cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+            wide = torch.randn(int(cu[-1]), 3, heads, dim + 8, generator=gen(dim + heads))
+            q, k, v = (t[..., :dim] for t in wide.unbind(1))  # head stride dim + 8
+            want = attention64(q, k, v, cu, dim ** -0.5)
+            check(ops.fused_attention_varlen(q, k, v, cu, max(lengths)), want, 4e-6)
+            # rows of stride dim (heads apart by a whole sequence's rows): the per-head read again
+            q2, k2, v2 = (t.transpose(0, 1).contiguous().transpose(0, 1) for t in (q, k, v))
+            check(ops.fused_attention_varlen(q2, k2, v2, cu, max(lengths)), want, 4e-6)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_varlen_attention_peaked_scores():
     """Large scores (a softmax close to one-hot, exp's far range) and a custom scale."""
     q, k, v, cu = packed_qkv([9, 40], 2, 32, torch.float32, seed=4)

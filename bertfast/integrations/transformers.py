@@ -277,8 +277,8 @@ def optimize(model: nn.Module, *, padding_free: bool = True, dtype=None, quantiz
             why = unsupported(module.config)
             if why is None:
                 _convert(module, padding_free)
+                _quantize(module, quantize)  # (from the fp32 weights, before a cast to bf16)
                 _cast(module, dtype)
-                _quantize(module, quantize)
                 converted.append(name or type(module).__name__)
             else:
                 skipped.append(f"{name or type(module).__name__} ({why})")

@@ -37,14 +37,15 @@ class Int8Linear(nn.Linear):
     Made by `quantize_linear`, not constructed directly."""
 
     weight_int8: torch.Tensor
-    weight_scale: torch.Tensor
 
     def _quantize_weight(self) -> None:
         w = self.weight.detach().float()
         scale = (w.abs().amax(1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
         q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("weight_int8", q.t().contiguous(), persistent=False)  # [in, out] for _int_mm
-        self.register_buffer("weight_scale", scale.contiguous(), persistent=False)
+        # The scales and the bias in fp32, as plain attributes: a later .to(torch.bfloat16) of the model
+        # (optimize(dtype=) casts after quantising, from the fp32 weights) leaves them exact.
+        self._weight_scale = scale.contiguous()
         self._bias32 = None if self.bias is None else self.bias.detach().float().contiguous()
         self._shared = _SharedInput()
 
@@ -65,7 +66,7 @@ class Int8Linear(nn.Linear):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         q, scale = self._quantized_input(x)
         acc = torch._int_mm(q, self.weight_int8)
-        out = torch.ops.bertfast_C.dequantize_cpu(acc, scale, self.weight_scale, self._bias32, activation, x.dtype)
+        out = torch.ops.bertfast_C.dequantize_cpu(acc, scale, self._weight_scale, self._bias32, activation, x.dtype)
         return out.view(*x.shape[:-1], self.out_features)
 
 
@@ -84,8 +85,7 @@ def quantize_linear(linear: nn.Linear, shared: Int8Linear | None = None) -> Int8
 def dequantize_linear(linear: nn.Module) -> None:
     """Undo quantize_linear: an nn.Linear again (its fp32 weights were kept)."""
     if isinstance(linear, Int8Linear):
-        for name in ("weight_int8", "weight_scale"):
-            linear._buffers.pop(name, None)
-        for name in ("_bias32", "_shared"):
+        linear._buffers.pop("weight_int8", None)
+        for name in ("_weight_scale", "_bias32", "_shared"):
             linear.__dict__.pop(name, None)
         linear.__class__ = nn.Linear
