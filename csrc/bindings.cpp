@@ -20,6 +20,8 @@ TORCH_LIBRARY(bertfast_C, m) {
   m.def("bias_gelu_cpu(Tensor x, Tensor bias, str approximate) -> Tensor");
   m.def("residual_layer_norm_cpu(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps) -> Tensor");
   m.def("varlen_attention_cpu(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, float scale) -> Tensor");
+  m.def("embedding_layer_norm_cpu(Tensor input_ids, Tensor token_type_ids, Tensor position_ids, Tensor word, "
+        "Tensor type, Tensor pos, Tensor? weight, Tensor? bias, float eps) -> Tensor");
   m.def("quantize_rows_cpu(Tensor x) -> (Tensor, Tensor)");
   m.def("dequantize_cpu(Tensor acc, Tensor row_scale, Tensor col_scale, Tensor? bias, str activation, "
         "ScalarType out_dtype) -> Tensor");

@@ -203,6 +203,35 @@ void bias_gelu(c10::ScalarType type, const void* x, const float* bias, void* out
 }
 
 // residual + LayerNorm --------------------------------------------------------------------------------------
+// h (a row of n, in fp32) <- LayerNorm(h) * weight + bias: two-pass statistics in fp32.
+void layer_norm_row(float* h, const float* weight, const float* bias, int64_t n, float eps) {
+  fVec acc(0.f);
+  for (int64_t i = 0; i < n; i += kW) acc = acc + fVec::loadu(h + i, std::min(kW, n - i));  // tails: zeros
+  const float mean = reduce_sum(acc) / static_cast<float>(n);
+  const fVec m(mean), zero(0.f);
+  acc = zero;
+  for (int64_t i = 0; i < n; i += kW) {
+    const int64_t count = std::min(kW, n - i);
+    const fVec d = fVec::set(zero, fVec::loadu(h + i, count) - m, count);  // lanes past the row: 0
+    acc = at::vec::fmadd(d, d, acc);
+  }
+  const fVec rstd(1.0f / std::sqrt(reduce_sum(acc) / static_cast<float>(n) + eps));
+  for (int64_t i = 0; i < n; i += kW) {
+    const int64_t count = std::min(kW, n - i);
+    const fVec y = at::vec::fmadd((fVec::loadu(h + i, count) - m) * rstd, fVec::loadu(weight + i, count),
+                                  fVec::loadu(bias + i, count));
+    y.store(h + i, count);
+  }
+}
+
+// h[0, n) += r[0, n)
+inline void add_row(float* h, const float* r, int64_t n) {
+  for (int64_t i = 0; i < n; i += kW) {
+    const int64_t count = std::min(kW, n - i);
+    (fVec::loadu(h + i, count) + fVec::loadu(r + i, count)).store(h + i, count);
+  }
+}
+
 void residual_layer_norm(c10::ScalarType x_type, const void* x, c10::ScalarType r_type, const void* residual,
                          const float* weight, const float* bias, c10::ScalarType out_type, void* out, int64_t rows,
                          int64_t n, float eps) {
@@ -212,29 +241,28 @@ void residual_layer_norm(c10::ScalarType x_type, const void* x, c10::ScalarType 
       load_any(x_type, x, row * n, h.data(), n);
       if (residual != nullptr) {
         load_any(r_type, residual, row * n, r.data(), n);
-        for (int64_t i = 0; i < n; i += kW) {
-          const int64_t count = std::min(kW, n - i);
-          (fVec::loadu(h.data() + i, count) + fVec::loadu(r.data() + i, count)).store(h.data() + i, count);
-        }
+        add_row(h.data(), r.data(), n);
       }
-      fVec acc(0.f);
-      for (int64_t i = 0; i < n; i += kW) acc = acc + fVec::loadu(h.data() + i, std::min(kW, n - i));  // tails: zeros
-      const float mean = reduce_sum(acc) / static_cast<float>(n);
-      const fVec m(mean), zero(0.f);
-      acc = zero;
-      for (int64_t i = 0; i < n; i += kW) {
-        const int64_t count = std::min(kW, n - i);
-        const fVec d = fVec::set(zero, fVec::loadu(h.data() + i, count) - m, count);  // lanes past the row: 0
-        acc = at::vec::fmadd(d, d, acc);
-      }
-      const fVec rstd(1.0f / std::sqrt(reduce_sum(acc) / static_cast<float>(n) + eps));
-      for (int64_t i = 0; i < n; i += kW) {
-        const int64_t count = std::min(kW, n - i);
-        const fVec y = at::vec::fmadd((fVec::loadu(h.data() + i, count) - m) * rstd, fVec::loadu(weight + i, count),
-                                      fVec::loadu(bias + i, count));
-        y.store(h.data() + i, count);
-      }
+      layer_norm_row(h.data(), weight, bias, n, eps);
       store_any(out_type, h.data(), out, row * n, n);
+    }
+  });
+}
+
+// Embedding sum + LayerNorm ---------------------------------------------------------------------------------
+void embedding_layer_norm(c10::ScalarType table_type, const void* word, const void* type, const void* pos,
+                          const int64_t* const ids[3], const int64_t periods[3], const float* weight, const float* bias,
+                          void* out, int64_t rows, int64_t n, float eps) {
+  at::parallel_for(0, rows, grain(n), [&](int64_t r0, int64_t r1) {
+    std::vector<float> h(n), r(n);
+    for (int64_t row = r0; row < r1; ++row) {
+      load_any(table_type, word, ids[0][row % periods[0]] * n, h.data(), n);
+      load_any(table_type, type, ids[1][row % periods[1]] * n, r.data(), n);
+      add_row(h.data(), r.data(), n);
+      load_any(table_type, pos, ids[2][row % periods[2]] * n, r.data(), n);
+      add_row(h.data(), r.data(), n);
+      layer_norm_row(h.data(), weight, bias, n, eps);
+      store_any(table_type, h.data(), out, row * n, n);
     }
   });
 }
@@ -432,7 +460,7 @@ void dequantize(const int32_t* acc, const float* row_scale, const float* col_sca
 const Kernels& BERTFAST_CAT(kernels_, CPU_CAPABILITY)() {
   static const Kernels kernels{&CPU_CAPABILITY::bias_gelu, &CPU_CAPABILITY::residual_layer_norm,
                                &CPU_CAPABILITY::varlen_attention, &CPU_CAPABILITY::quantize_rows,
-                               &CPU_CAPABILITY::dequantize};
+                               &CPU_CAPABILITY::dequantize, &CPU_CAPABILITY::embedding_layer_norm};
   return kernels;
 }
 

@@ -1,4 +1,5 @@
-// bertfast's CPU inference kernels: bias+GELU, residual+LayerNorm and padding-free (varlen) attention, each
+// bertfast's CPU inference kernels: bias+GELU, residual+LayerNorm, embedding sum+LayerNorm, padding-free
+// (varlen) attention and the int8 layers' (de)quantisation, each
 // reading 32-, 16- (bf16) or fp16-bit rows and computing in fp32 (one rounding, at the store).
 //
 // cpu_kernels.cpp is compiled once per CPU capability (DEFAULT, AVX2, AVX512: CMakeLists.txt), each copy in
@@ -35,6 +36,12 @@ struct Kernels {
   // GELU, 2 tanh GELU): out[r, c] = act(acc[r, c] * row_scale[r] * col_scale[c] + bias[c]).
   void (*dequantize)(const int32_t* acc, const float* row_scale, const float* col_scale, const float* bias,
                      int activation, c10::ScalarType out_type, void* out, int64_t rows, int64_t n);
+  // out[r, :] = LayerNorm(word[ids[0][r % periods[0]]] + type[ids[1][..]] + pos[ids[2][..]]) * weight + bias:
+  // the sum and the statistics in fp32, rounded once to the tables' type (out's); each id tensor repeats
+  // with its own period (one id, one a position, one a token: embedding_sum.h); ids are in range.
+  void (*embedding_layer_norm)(c10::ScalarType table_type, const void* word, const void* type, const void* pos,
+                               const int64_t* const ids[3], const int64_t periods[3], const float* weight,
+                               const float* bias, void* out, int64_t rows, int64_t n, float eps);
 };
 
 // The copy cpu_ops.cpp runs: "DEFAULT", "AVX2" or "AVX512".

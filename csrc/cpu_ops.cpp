@@ -10,8 +10,10 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 
 #include "cpu_kernels.h"
 
@@ -122,6 +124,45 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
   return out;
 }
 
+at::Tensor embedding_layer_norm_cpu(const at::Tensor& input_ids, const at::Tensor& token_type_ids,
+                                    const at::Tensor& position_ids, const at::Tensor& word, const at::Tensor& type,
+                                    const at::Tensor& pos, const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& bias, double eps) {
+  for (const auto& [t, name] : {std::pair{&word, "word_weight"}, {&type, "type_weight"}, {&pos, "position_weight"}}) {
+    check_rows(*t, name);
+    TORCH_CHECK(t->scalar_type() == word.scalar_type() && t->size(1) == word.size(1), name, " is ",
+                t->scalar_type(), " [", t->size(0), ", ", t->size(1), "] but word_weight is ", word.scalar_type(),
+                " [.., ", word.size(1), "]: the tables must share dtype and hidden size");
+  }
+  TORCH_CHECK(eps > 0, "eps must be > 0, got ", eps);
+  const int64_t rows = input_ids.numel(), n = word.size(1);
+  const int64_t* ids[3];
+  int64_t periods[3];
+  int i = 0;
+  for (const auto& [t, name, table] : {std::tuple{&input_ids, "input_ids", &word}, {&token_type_ids, "token_type_ids", &type},
+                                       {&position_ids, "position_ids", &pos}}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->dim() == 1 && t->is_contiguous(), name,
+                " must be a contiguous 1-D int64 CPU tensor, got ", t->scalar_type(), " of shape ", t->sizes());
+    TORCH_CHECK(t->numel() > 0 ? rows % t->numel() == 0 : rows == 0, name, " has ", t->numel(),
+                " ids, which do not repeat evenly over ", rows, " tokens");
+    const int64_t* data = t->data_ptr<int64_t>();
+    const int64_t limit = table->size(0);
+    for (int64_t j = 0; j < t->numel(); ++j) {
+      TORCH_CHECK(data[j] >= 0 && data[j] < limit, name, " must be in [0, ", limit, "), got ", data[j], " at ", j);
+    }
+    ids[i] = data;
+    periods[i++] = std::max<int64_t>(t->numel(), 1);
+  }
+  const at::Tensor w = fp32_vector(weight, "weight", n, 1.f), b = fp32_vector(bias, "bias", n, 0.f);
+  at::Tensor out = at::empty({rows, n}, word.options());
+  if (out.numel() > 0) {
+    kernels().embedding_layer_norm(word.scalar_type(), word.data_ptr(), type.data_ptr(), pos.data_ptr(), ids, periods,
+                                   w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr(), rows, n,
+                                   static_cast<float>(eps));
+  }
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x) {
   check_rows(x, "x");
   const int64_t rows = x.size(0), n = x.size(1);
@@ -164,6 +205,7 @@ TORCH_LIBRARY_IMPL(bertfast_C, CPU, m) {
   m.impl("bias_gelu_cpu", &bias_gelu_cpu);
   m.impl("residual_layer_norm_cpu", &residual_layer_norm_cpu);
   m.impl("varlen_attention_cpu", &varlen_attention_cpu);
+  m.impl("embedding_layer_norm_cpu", &embedding_layer_norm_cpu);
 }
 
 }  // namespace bertfast::cpu

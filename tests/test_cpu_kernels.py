@@ -125,6 +125,65 @@ def test_layer_norm_without_parameters_and_constant_rows():
     assert torch.equal(ops.fused_residual_layer_norm(x[:1], None, torch.ones(768), bias, 1e-12)[0], bias)
 
 
+# embedding sum + LayerNorm ---------------------------------------------------------------------------------
+def embedding_tables(hidden, dtype, seed=0, vocab=50):
+    g = gen(seed)
+    tables = [(torch.randn(rows, hidden, generator=g) * scale).to(dtype) for rows, scale in ((vocab, 1.0), (2, 0.3), (40, 0.5))]
+    return tables, (torch.rand(hidden, generator=g) * 3).to(dtype), torch.randn(hidden, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [384, 768, 1024, 13, 1])
+def test_embedding_layer_norm(dtype, hidden):
+    """LayerNorm(word[ids] + type[segment] + position[position]) in one pass, the sum in fp32 (not rounded
+    to the tables' dtype before the statistics): against fp64, with HF's default ids (one segment for
+    all, positions 0..S-1: read with their own periods) and with per-token segments and positions."""
+    from bertfast.ops.embedding_layer_norm import embedding_layer_norm
+
+    (word, type_, pos), w, b = embedding_tables(hidden, dtype, seed=hidden)
+    ids = torch.randint(0, 50, (3, 11), generator=gen(1))
+    for tt, positions in ((None, None), (torch.randint(0, 2, (3, 11), generator=gen(2)),
+                                         torch.randint(0, 40, (3, 11), generator=gen(3)))):
+        got = embedding_layer_norm(ids, tt, positions, word, type_, pos, w, b, 1e-12)
+        assert got.dtype == dtype and got.shape == (3, 11, hidden)
+        tt_ = torch.zeros_like(ids) if tt is None else tt
+        pos_ = torch.arange(11).expand(3, 11) if positions is None else positions
+        h = word.double()[ids] + type_.double()[tt_] + pos.double()[pos_]
+        check(got, F.layer_norm(h, (hidden,), w.double(), b.double(), 1e-12), 2e-5)
+
+
+def test_embedding_layer_norm_refuses_bad_ids_and_runs_only_where_it_applies():
+    """Ids outside a table: IndexError naming the tensor (the public op) or RuntimeError (a direct
+    torch.ops call, the last line: nothing reads out of bounds). With a gradient needed, the two unfused ops
+    (their autograd); an empty batch gives an empty result."""
+    from bertfast.ops.embedding_layer_norm import embedding_layer_norm
+
+    (word, type_, pos), w, b = embedding_tables(16, torch.float32)
+    ids = torch.randint(0, 50, (2, 5), generator=gen(4))
+    with pytest.raises(IndexError, match="input_ids"):
+        embedding_layer_norm(ids + 50, None, None, word, type_, pos, w, b)
+    with pytest.raises(IndexError, match="position_ids"):
+        embedding_layer_norm(ids, None, torch.full((1, 5), 40), word, type_, pos, w, b)
+    one, zero = torch.zeros(1, dtype=torch.long), torch.arange(5)
+    with pytest.raises(RuntimeError, match=r"token_type_ids must be in \[0, 2\), got 2"):
+        torch.ops.bertfast_C.embedding_layer_norm_cpu(ids.reshape(-1), one + 2, zero, word, type_, pos, w, b, 1e-12)
+    bad = ids.reshape(-1).clone()
+    bad[3] = -1
+    with pytest.raises(RuntimeError, match=r"input_ids must be in \[0, 50\), got -1 at 3"):
+        torch.ops.bertfast_C.embedding_layer_norm_cpu(bad, one, zero, word, type_, pos, w, b, 1e-12)
+    with pytest.raises(RuntimeError, match="do not repeat evenly over 10 tokens"):
+        torch.ops.bertfast_C.embedding_layer_norm_cpu(ids.reshape(-1), one, torch.arange(3), word, type_, pos, w, b, 1e-12)
+    with pytest.raises(RuntimeError, match="the tables must share dtype"):
+        torch.ops.bertfast_C.embedding_layer_norm_cpu(ids.reshape(-1), one, zero, word, type_.bfloat16(), pos, w, b, 1e-12)
+    direct = torch.ops.bertfast_C.embedding_layer_norm_cpu(ids.reshape(-1), one, zero, word, type_, pos, w, b, 1e-12)
+    assert torch.equal(embedding_layer_norm(ids, None, None, word, type_, pos, w, b).reshape(10, 16), direct)
+    word.requires_grad_()
+    y = embedding_layer_norm(ids, None, None, word, type_, pos, w, b)
+    y.square().sum().backward()
+    assert word.grad is not None and word.grad.abs().sum() > 0
+    assert embedding_layer_norm(ids[:0], None, None, word.detach(), type_, pos, w, b).shape == (0, 5, 16)
+
+
 # padding-free attention -----------------------------------------------------------------------------------
 def packed_qkv(lengths, heads, dim, dtype, seed=0):
     """q, k, v as the three views of a fused QKV projection's output [total, 3, heads, dim] (the strides
@@ -219,8 +278,9 @@ def test_dropout_without_gradients_is_not_skipped():
 
 
 def test_bertfast_bf16_model_runs_the_kernels(minilm_dir):
-    """optimize(dtype=bf16) MiniLM on a left-padded batch with a one-token row: the attention and LayerNorms
-    are the C++ kernels (the profile names them), and the embeddings match stock fp32."""
+    """optimize(dtype=bf16) MiniLM on a left-padded batch with a one-token row: the attention, the LayerNorms
+    and the embeddings' sum+LayerNorm are the C++ kernels (the profile names them), and the token
+    embeddings match stock fp32."""
     import bertfast
     from transformers import BertModel
 
@@ -234,7 +294,8 @@ def test_bertfast_bf16_model_runs_the_kernels(minilm_dir):
     with torch.inference_mode(), torch.profiler.profile() as prof:
         got = fast(input_ids=ids, attention_mask=mask).last_hidden_state
     names = {e.key for e in prof.key_averages()}
-    assert {"bertfast_C::varlen_attention_cpu", "bertfast_C::residual_layer_norm_cpu"} <= names
+    assert {"bertfast_C::varlen_attention_cpu", "bertfast_C::residual_layer_norm_cpu",
+            "bertfast_C::embedding_layer_norm_cpu"} <= names
     with torch.inference_mode():
         want = stock(input_ids=ids, attention_mask=mask).last_hidden_state
     real = mask.bool()
@@ -308,7 +369,8 @@ def test_every_compiled_copy(capability):
         cu = torch.tensor([0, 1, 17, 17, 40], dtype=torch.int32)
         out = [ops.fused_bias_gelu(x, x[0]), ops.fused_bias_gelu(x, x[0], "tanh"),
                ops.fused_residual_layer_norm(x, x.flip(0), x[1], x[2]),
-               ops.fused_attention_varlen(*qkv.unbind(1), cu, 23)]
+               ops.fused_attention_varlen(*qkv.unbind(1), cu, 23),
+               ops.embedding_layer_norm(torch.tensor([[3, 1, 4, 1, 5]]), None, None, x, x[:2], x, x[3], x[4])]
         torch.save((C.cpu_kernels_capability(), out), OUT)
     """)
     results = {}
@@ -322,5 +384,5 @@ def test_every_compiled_copy(capability):
         os.remove(path)
     name, got = results[capability]
     assert name == capability.upper()
-    for a, e, tol in zip(got, results[None][1], (4e-6, 4e-6, 2e-5, 4e-6)):
+    for a, e, tol in zip(got, results[None][1], (4e-6, 4e-6, 2e-5, 4e-6, 2e-5)):
         assert (a - e).abs().max() <= 2 * tol

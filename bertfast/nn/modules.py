@@ -111,12 +111,16 @@ def embed(emb: nn.Module, input_ids=None, token_type_ids=None, position_ids=None
         # Hooks on the word embeddings (enable_input_require_grads, PEFT, a user's) or a replaced module
         # see their call: the lookup runs as the module, the rest stays fused.
         inputs_embeds, input_ids = emb.word_embeddings(input_ids), None
-    x = ops.embedding_sum(input_ids, token_type_ids, position_ids, emb.word_embeddings.weight,
-                          emb.token_type_embeddings.weight, emb.position_embeddings.weight,
-                          padding_idx=emb.word_embeddings.padding_idx, inputs_embeds=inputs_embeds,
-                          ids_checked=ids_checked)
     ln = emb.LayerNorm
+    tables = (emb.word_embeddings.weight, emb.token_type_embeddings.weight, emb.position_embeddings.weight)
+    if input_ids is not None and cpu.applies(*tables, ln.weight, ln.bias):  # CPU inference: one C++ pass
+        x = ops.embedding_layer_norm(input_ids, token_type_ids, position_ids, *tables, ln.weight, ln.bias, ln.eps,
+                                     padding_idx=emb.word_embeddings.padding_idx, ids_checked=ids_checked)
+    else:
+        x = ops.embedding_sum(input_ids, token_type_ids, position_ids, *tables, padding_idx=emb.word_embeddings.padding_idx,
+                              inputs_embeds=inputs_embeds, ids_checked=ids_checked)
+        x = ops.fused_residual_layer_norm(x, None, ln.weight, ln.bias, ln.eps)
     p = getattr(emb, "dropout_p", None)
     p = emb.dropout.p if p is None else p
     # Dropout after the LayerNorm, as in HF (the fused op's dropout acts on its input).
-    return F.dropout(ops.fused_residual_layer_norm(x, None, ln.weight, ln.bias, ln.eps), p, training)
+    return F.dropout(x, p, training)

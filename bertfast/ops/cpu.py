@@ -1,5 +1,6 @@
-"""The C++ CPU inference kernels of bertfast._C (csrc/cpu_kernels.cpp): bias+GELU, residual+LayerNorm, and
-padding-free attention, each one pass in fp32 over fp32, bf16 or fp16 rows, rounded once.
+"""The C++ CPU inference kernels of bertfast._C (csrc/cpu_kernels.cpp): bias+GELU, residual+LayerNorm, the
+embedding sum+LayerNorm and padding-free attention, each one pass in fp32 over fp32, bf16 or fp16 rows,
+rounded once.
 
 The ops route CPU tensors here when nothing needs a gradient (inference, torch.no_grad, a frozen model),
 dropout is off, and the extension is built (BERTFAST_BACKEND=torch keeps the pure-torch reference); with
@@ -42,12 +43,22 @@ def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlen
     return torch.ops.bertfast_C.varlen_attention_cpu(q, k, v, cu_seqlens, scale)
 
 
+def _embedding_layer_norm_impl(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
+                               word: torch.Tensor, type_: torch.Tensor, position: torch.Tensor,
+                               weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return torch.ops.bertfast_C.embedding_layer_norm_cpu(input_ids, token_type_ids, position_ids, word, type_, position,
+                                                         weight, bias, eps)
+
+
 # Python custom ops around the C++ ones (as ops/embedding_sum.py does): their fakes are registered here,
 # without importing the extension, and eager calls go straight to the implementation (ops/_custom.py).
 _bias_gelu = FusedOp("bertfast::cpu_bias_gelu", _bias_gelu_impl, lambda x, bias, approximate: torch.empty_like(x))
 _layer_norm = FusedOp("bertfast::cpu_residual_layer_norm", _layer_norm_impl, _layer_norm_fake)
 _attention = FusedOp("bertfast::cpu_varlen_attention", _attention_impl,
                      lambda q, k, v, cu_seqlens, scale: q.new_empty(q.shape))
+_embedding_layer_norm = FusedOp("bertfast::cpu_embedding_layer_norm", _embedding_layer_norm_impl,
+                                lambda ids, tt, pos, word, type_, position, weight, bias, eps:
+                                word.new_empty((ids.shape[0], word.shape[1])))
 
 
 def applies(*tensors: torch.Tensor | None) -> bool:
@@ -82,3 +93,12 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     place); the output is contiguous."""
     q, k, v = (t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return _attention(q, k, v, cu_seqlens, float(scale))
+
+
+def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
+                         word: torch.Tensor, type_: torch.Tensor, position: torch.Tensor, weight: torch.Tensor | None,
+                         bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """[tokens, H] = LayerNorm(word[ids] + type[type ids] + position[position ids]): the ids 1-D int64, each
+    repeating with its own period over the tokens (ops.embedding_sum.periodic_ids), in range."""
+    return _embedding_layer_norm(input_ids, token_type_ids, position_ids, word.contiguous(), type_.contiguous(),
+                                 position.contiguous(), weight, bias, float(eps))

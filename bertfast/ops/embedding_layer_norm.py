@@ -1,7 +1,9 @@
 """embedding_layer_norm: LayerNorm(embedding_sum(...)) with the sum and the normalisation fused.
 
-A candidate to replace the embeddings' two ops (issue: keep it if it is faster). The fused Triton
-forward runs where no gradient is needed (inference) on the Triton backend; with gradients it is
+Where no gradient is needed (inference): on the CPU, the C++ kernel of bertfast._C (ops/cpu.py: one pass a
+token, the sum and the statistics in fp32, rounded once to the tables' dtype; BertModel's embeddings take
+it); on the Triton backend, the fused Triton forward (a candidate to replace the embeddings' two ops on
+the GPU, kept only if it is faster: the model does not call it there). With gradients it is
 embedding_sum followed by fused_residual_layer_norm, so training is exactly the unfused path.
 """
 from __future__ import annotations
@@ -9,17 +11,30 @@ from __future__ import annotations
 import torch
 
 from bertfast import _backend
-from bertfast.ops.embedding_sum import _check_ranges, embedding_sum
+from bertfast.ops import cpu
+from bertfast.ops.embedding_sum import _check_ranges, _checked_ids, embedding_sum
 from bertfast.ops.layer_norm import fused_residual_layer_norm
 
 
 def embedding_layer_norm(input_ids, token_type_ids, position_ids, word_weight, type_weight, position_weight,
-                         ln_weight, ln_bias, eps: float = 1e-12, padding_idx: int | None = None) -> torch.Tensor:
-    """[B, S, H] = LayerNorm(word[input_ids] + type[token_type_ids] + position[position_ids])."""
+                         ln_weight, ln_bias, eps: float = 1e-12, padding_idx: int | None = None,
+                         ids_checked: bool = False) -> torch.Tensor:
+    """[B, S, H] = LayerNorm(word[input_ids] + type[token_type_ids] + position[position_ids]), arguments as
+    embedding_sum's (ids_checked: the caller checked the ids' ranges)."""
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (word_weight, type_weight, position_weight, ln_weight, ln_bias))
+    if not needs_grad and cpu.applies(word_weight, type_weight, position_weight, ln_weight, ln_bias):
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        batch, seq, _, _, ids = _checked_ids(input_ids, token_type_ids, position_ids, word_weight, type_weight,
+                                             position_weight)
+        if not ids_checked:
+            _check_ranges(*ids, word_weight, type_weight, position_weight)
+        y = cpu.embedding_layer_norm(*ids, word_weight, type_weight, position_weight, ln_weight, ln_bias, eps)
+        return y.view(batch, seq, word_weight.shape[1])
     if needs_grad or not _backend.use_triton(word_weight):
-        x = embedding_sum(input_ids, token_type_ids, position_ids, word_weight, type_weight, position_weight, padding_idx)
+        x = embedding_sum(input_ids, token_type_ids, position_ids, word_weight, type_weight, position_weight, padding_idx,
+                          ids_checked=ids_checked)
         return fused_residual_layer_norm(x, None, ln_weight, ln_bias, eps)
     batch, seq = input_ids.shape
     if token_type_ids is None:

@@ -131,6 +131,25 @@ def embedding_sum(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, 
         raise ValueError("give exactly one of input_ids and inputs_embeds")
     if inputs_embeds is not None:
         return _embeds_plus_positions(inputs_embeds, token_type_ids, position_ids, word_weight, type_weight, position_weight)
+    batch, seq, token_type_ids, position_ids, ids = _checked_ids(input_ids, token_type_ids, position_ids, word_weight,
+                                                                 type_weight, position_weight)
+    hidden = word_weight.shape[1]
+    if not _backend.use_extension(word_weight):
+        flat = [t.expand(batch, seq).reshape(-1) for t in (input_ids.long(), token_type_ids.long(), position_ids.long())]
+        _check_ranges(*flat, word_weight, type_weight, position_weight)
+        out = embedding_sum_ref(*flat, word_weight, type_weight, position_weight, padding_idx)
+        return out.view(batch, seq, hidden)
+    if not torch.compiler.is_compiling():  # (compiled graphs trace bertfast::embedding_sum's own fake)
+        _register_extension_fakes()
+    pad = -1 if padding_idx is None else int(padding_idx) % word_weight.shape[0]
+    out = _embedding_sum(*ids, word_weight.contiguous(), type_weight.contiguous(), position_weight.contiguous(), pad,
+                         not ids_checked)
+    return out.view(batch, seq, hidden)
+
+
+def _checked_ids(input_ids, token_type_ids, position_ids, word_weight, type_weight, position_weight):
+    """embedding_sum's argument checks (clear errors), then (batch, seq, token_type_ids and position_ids
+    with HF's defaults, the three id tensors as the kernels read them: periodic_ids)."""
     check_tensor("input_ids", input_ids, dtypes=INDEX_DTYPES, dim=2)
     batch, seq = input_ids.shape
     if token_type_ids is None:
@@ -151,18 +170,7 @@ def embedding_sum(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, 
     check_same_device(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
                       word_weight=word_weight, type_weight=type_weight, position_weight=position_weight)
     ids = [periodic_ids(t, batch, seq) for t in (input_ids, token_type_ids, position_ids)]
-    hidden = word_weight.shape[1]
-    if not _backend.use_extension(word_weight):
-        flat = [t.expand(batch, seq).reshape(-1) for t in (input_ids.long(), token_type_ids.long(), position_ids.long())]
-        _check_ranges(*flat, word_weight, type_weight, position_weight)
-        out = embedding_sum_ref(*flat, word_weight, type_weight, position_weight, padding_idx)
-        return out.view(batch, seq, hidden)
-    if not torch.compiler.is_compiling():  # (compiled graphs trace bertfast::embedding_sum's own fake)
-        _register_extension_fakes()
-    pad = -1 if padding_idx is None else int(padding_idx) % word_weight.shape[0]
-    out = _embedding_sum(*ids, word_weight.contiguous(), type_weight.contiguous(), position_weight.contiguous(), pad,
-                         not ids_checked)
-    return out.view(batch, seq, hidden)
+    return batch, seq, token_type_ids, position_ids, ids
 
 
 def _embeds_plus_positions(inputs_embeds, token_type_ids, position_ids, word_weight, type_weight, position_weight):
