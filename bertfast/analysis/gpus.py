@@ -118,6 +118,26 @@ ATTENTION_PUBLISHED = {
     (128, 1024, "fwd"): {"FlashAttention-3": 517, "Triton tutorial": 390},
     (128, 2048, "fwd"): {"FlashAttention-3": 566, "Triton tutorial": 434},
 }
+# torch's fused SDPA kernels, as transformers' attn_implementation="sdpa" runs them on a Hopper GPU: the flash
+# backend (no mask) is FlashAttention-2, bundled in torch; the memory-efficient backend (an additive mask,
+# HF's padding) is xformers' CUTLASS kernel, for which no H100 figure is published: it is charged at
+# FlashAttention-2's rate too, an upper bound on its speed (it has no Hopper-specific kernel, and FA2's
+# paper measured it slower than FA2 on the A100). Shorter sequences than the smallest published S (512)
+# get that S's rate, again an upper bound (fewer keys a query: less work to hide the softmax behind).
+SDPA_KERNELS = {"_scaled_dot_product_flash_attention": "FlashAttention-2",
+                "_scaled_dot_product_efficient_attention": "FlashAttention-2"}
+
+
+def sdpa_tflops(op: str, seq: int, backward: bool) -> float:
+    """TFLOP/s the bound above gives torch's SDPA kernel `op` (a forward's name; its backward with
+    backward=True) at keys per sequence `seq`: the published head-dim-64 H100 figure at the smallest
+    published S >= seq (the largest S past the table)."""
+    phase = "bwd" if backward else "fwd"
+    published = sorted(s for d, s, ph in ATTENTION_PUBLISHED if d == 64 and ph == phase)
+    at = next((s for s in published if s >= seq), published[-1])
+    return ATTENTION_PUBLISHED[(64, at, phase)][SDPA_KERNELS[op]]
+
+
 # The band a dropout-free forward built like ours (one Triton program per 128 queries, one wgmma each for
 # Q K^T and P V a trip, no warp specialisation) should fall in: FlashAttention-2 to the Triton tutorial.
 ATTENTION_BAND = ("FlashAttention-2", "Triton tutorial")

@@ -11,7 +11,9 @@ loads in flight (Little's law), instruction issue, each pipe (MUFU, FP32, intege
 load/store), and the tensor cores; the kernel takes the largest, and every launch pays a fixed cost on
 the device timeline. Torch kernels in the trace (copies, fills, reductions, elementwise, matmuls) and the
 extension's are predicted from the bytes they read and write, matmuls also from their FLOPs at the bf16
-matmul rate (the rate cuBLAS reaches on a large bf16 matmul; fp32 and small matmuls are slower).
+matmul rate (the rate cuBLAS reaches on a large bf16 matmul; fp32 and small matmuls are slower), and
+torch's fused attention (SDPA's flash and memory-efficient kernels) from its FLOPs at the published rate
+of FlashAttention-2 (gpus.sdpa_tflops: an upper bound on their speed).
 
 Minimum bytes: bertfast's kernels have a model of their own (sm90._work); any other kernel is charged
 each tensor argument once (read or written), and its loops' trips are estimated as the bytes each program
@@ -26,7 +28,7 @@ from unittest import mock
 import torch
 
 from bertfast.analysis import gpus, sm90
-from bertfast.analysis.trace import Launch, gpu_trace, on_device
+from bertfast.analysis.trace import SDPA_BACKWARDS, SDPA_FORWARDS, Launch, gpu_trace, on_device
 
 
 @dataclass
@@ -115,6 +117,12 @@ def _torch_prediction(event: Launch, gpu: gpus.GPU) -> LaunchPrediction:
     if event.name in _MATMULS and event.flops:
         flops = event.flops
         floors["tensor"] = flops / gpu.BF16_MATMUL_FLOPS * 1e6
+    elif event.name in SDPA_FORWARDS + SDPA_BACKWARDS and event.flops:  # at the published rate (gpus.sdpa_tflops)
+        flops = event.flops
+        backward = event.name in SDPA_BACKWARDS
+        key = event.args[2 if backward else 1]  # [B, heads, S_k, D]
+        forward = event.name[:-len("_backward")] if backward else event.name
+        floors["attention"] = flops / (gpus.sdpa_tflops(forward, key.shape[-2], backward) * 1e12) * 1e6
     bound = max(floors, key=floors.get)
     floors["launch"] = gpu.LAUNCH_US
     return LaunchPrediction(event.name, event.kind, floors[bound] + gpu.LAUNCH_US, bound, floors, moved, flops)

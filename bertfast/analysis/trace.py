@@ -107,7 +107,8 @@ def _tensors(tree) -> list[torch.Tensor]:
 
 
 def _flops_of(name: str, args: tuple) -> float:
-    """FLOPs of a torch matmul from its arguments' shapes (2 per multiply-add)."""
+    """FLOPs of a torch matmul from its arguments' shapes (2 per multiply-add), or of torch's fused
+    attention (SDPA_FORWARDS, SDPA_BACKWARDS)."""
     shapes = [a.shape for a in args if isinstance(a, torch.Tensor)]
     if name in ("mm", "matmul") and len(shapes) >= 2:
         (m, k), (_, n) = shapes[0][-2:], shapes[1][-2:]
@@ -118,7 +119,18 @@ def _flops_of(name: str, args: tuple) -> float:
     if name in ("bmm", "baddbmm") and len(shapes) >= 2:
         a, b = shapes[-2], shapes[-1]
         return 2.0 * math.prod(a[:-1]) * a[-1] * b[-1]
+    if name in SDPA_FORWARDS and len(shapes) >= 2:  # q, k [B, heads, S, D]: Q K^T and P V
+        q, k = shapes[0], shapes[1]
+        return 4.0 * math.prod(q[:-1]) * k[-2] * q[-1]
+    if name in SDPA_BACKWARDS and len(shapes) >= 3:  # grad_out, q, k: 2.5x the forward (FlashAttention's count)
+        q, k = shapes[1], shapes[2]
+        return 2.5 * 4.0 * math.prod(q[:-1]) * k[-2] * q[-1]
     return 0.0
+
+
+# torch's fused attention kernels (what F.scaled_dot_product_attention runs on a GPU) and their backwards
+SDPA_FORWARDS = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention")
+SDPA_BACKWARDS = tuple(f"{n}_backward" for n in SDPA_FORWARDS)
 
 
 _ALLOCATIONS = {aten.empty.memory_format, aten.empty_like.default, aten.empty_strided.default,
@@ -182,7 +194,8 @@ class _Recorder(TorchDispatchMode):
                               if isinstance(a, torch.Tensor) and arg.alias_info is not None and arg.alias_info.is_write)
             self.events.append(Launch("torch", name, nbytes_read=sum(map(_nbytes, inputs)), nbytes_written=written,
                                       nbytes_allocated=0 if func._schema.is_mutable else allocated,
-                                      flops=_flops_of(name, args)))
+                                      flops=_flops_of(name, args),
+                                      args=tuple(args) if name in SDPA_FORWARDS + SDPA_BACKWARDS else ()))
         return out
 
 

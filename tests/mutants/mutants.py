@@ -333,6 +333,12 @@ MUTANTS = [
     Mutant("CPU varlen groups: a group padded past its waste bound", "bertfast/ops/attention.py",
            "if groups and (len(groups[-1]) + 1) * n * n <= GROUP_WASTE * (work + n * n):", "if groups:",
            ("tests/test_attention.py", "-k cpu_varlen_groups")),
+    Mutant("sdpa's backward charged the forward's FLOPs", "bertfast/analysis/trace.py",
+           "return 2.5 * 4.0 * math.prod(q[:-1]) * k[-2] * q[-1]", "return 4.0 * math.prod(q[:-1]) * k[-2] * q[-1]",
+           ("tests/test_calibration.py", "-k sdpa_kernels")),
+    Mutant("sdpa charged at the S=2k rate whatever its length", "bertfast/analysis/gpus.py",
+           "at = next((s for s in published if s >= seq), published[-1])", "at = published[-1]",
+           ("tests/test_calibration.py", "-k sdpa_kernels")),
     # --- the C++ CPU inference kernels (issue: as fast on a CPU as the best CPU runtimes) ----------------
     Mutant("CPU LayerNorm: the residual not added", "csrc/cpu_kernels.cpp",
            "load_any(r_type, residual, row * n, r.data(), n);\n        add_row(h.data(), r.data(), n);",
