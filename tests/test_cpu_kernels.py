@@ -184,6 +184,39 @@ def test_embedding_layer_norm_refuses_bad_ids_and_runs_only_where_it_applies():
     assert embedding_layer_norm(ids[:0], None, None, word.detach(), type_, pos, w, b).shape == (0, 5, 16)
 
 
+# fp32 linear layers through oneDNN, the weight packed once -------------------------------------------------
+def test_packed_linear():
+    """Within fp32 rounding of fp64 (4e-5 on outputs of size ~3 over 384 products: oneDNN's summation order),
+    GELU post-ops as torch's GELU; repacked when the weight changes (an in-place update, as an optimizer
+    step, or a new tensor); with a gradient needed, hooks, or another dtype, the module runs as itself."""
+    lin = torch.nn.Linear(384, 1536)
+    x = torch.randn(37, 384, generator=gen(5))
+    with torch.no_grad():
+        want = F.linear(x.double(), lin.weight.double(), lin.bias.double())
+        assert cpu.packed_linear_applies(lin, x)
+        for activation, approximate in (("none", None), ("gelu", "none"), ("gelu_tanh", "tanh")):
+            got = cpu.linear(lin, x, activation)
+            ref = want if approximate is None else F.gelu(want, approximate=approximate)
+            assert got.dtype == torch.float32 and (got.double() - ref).abs().max() < 4e-5, activation
+        first = lin.__dict__["_bertfast_packed"][1]
+        lin.weight.mul_(-1)  # in place: the version counter moves
+        assert (cpu.linear(lin, x).double() + want - 2 * lin.bias.double()).abs().max() < 4e-5
+        assert lin.__dict__["_bertfast_packed"][1] is not first
+        lin.weight = torch.nn.Parameter(torch.zeros(1536, 384))
+        assert torch.equal(cpu.linear(lin, x), lin.bias.expand(37, 1536))
+        assert cpu.linear(lin, x[None]).shape == (1, 37, 1536)
+    assert not cpu.packed_linear_applies(lin, x)  # the weight needs a gradient
+    y = cpu.linear(lin, x)
+    assert y.grad_fn is not None
+    seen = []
+    lin.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        assert not cpu.packed_linear_applies(lin, x) and cpu.linear(lin, x) is seen[-1]
+        assert not cpu.packed_linear_applies(torch.nn.Linear(8, 8).bfloat16(), x[:, :8].bfloat16())
+    cpu.drop_packed(lin)
+    assert "_bertfast_packed" not in lin.__dict__
+
+
 # padding-free attention -----------------------------------------------------------------------------------
 def packed_qkv(lengths, heads, dim, dtype, seed=0):
     """q, k, v as the three views of a fused QKV projection's output [total, 3, heads, dim] (the strides
@@ -301,6 +334,32 @@ def test_bertfast_bf16_model_runs_the_kernels(minilm_dir):
     real = mask.bool()
     cos = F.cosine_similarity(got[real].float(), want[real], dim=-1)
     assert cos.min() > 0.995, cos.min()
+
+
+def test_fp32_model_runs_packed_linears(minilm_dir):
+    """optimize(model) in fp32 CPU inference: every encoder matmul is oneDNN's with a packed weight (no
+    addmm left), the intermediate's GELU its post-op; left padding, a hole and a one-token row match stock
+    transformers to fp32 rounding; restore() drops the packed weights."""
+    import bertfast
+    from transformers import BertModel
+
+    stock = BertModel.from_pretrained(minilm_dir, add_pooling_layer=False).eval()
+    fast = bertfast.optimize(BertModel.from_pretrained(minilm_dir, add_pooling_layer=False).eval())
+    ids = torch.randint(1000, 20000, (3, 12), generator=gen(8))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[0, :4] = 0  # left padding
+    mask[1, 5:7] = 0  # a hole
+    mask[2, 1:] = 0  # one token
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        got = fast(input_ids=ids, attention_mask=mask).last_hidden_state
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls.get("mkldnn::_linear_pointwise") == 6 * 6 and "aten::addmm" not in calls and "aten::gelu" not in calls
+    with torch.inference_mode():
+        want = stock(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+    bertfast.restore(fast)
+    assert not any("_bertfast_packed" in m.__dict__ for m in fast.modules())
 
 
 def test_under_torch_compile():

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertfast import _backend, ops
+from bertfast.ops import cpu
 from bertfast.models.batch import AttentionInputs, embed_batch, self_attention
 from bertfast.nn.int8 import Int8Linear, dequantize_linear, quantize_linear
 from bertfast.nn.modules import _ACTIVATIONS, fused_on_cpu
@@ -153,8 +154,8 @@ def bert_layer_forward(self, hidden_states, attention_mask=None, *args, bertfast
 def _dense_residual_layer_norm(module, x, residual, training):
     """transformers' BertSelfOutput / BertOutput: LayerNorm(dropout(dense(x)) + residual), fused."""
     ln = module.LayerNorm
-    return ops.fused_residual_layer_norm(module.dense(x), residual, ln.weight, ln.bias, ln.eps, module.dropout.p,
-                                         training)
+    return ops.fused_residual_layer_norm(cpu.linear(module.dense, x), residual, ln.weight, ln.bias, ln.eps,
+                                         module.dropout.p, training)
 
 
 def _intermediate(module, x, layer):
@@ -163,6 +164,8 @@ def _intermediate(module, x, layer):
     dense = module.dense
     hidden_act = getattr(getattr(layer.attention.self, "config", None), "hidden_act", None)
     approximate = _ACTIVATIONS.get(hidden_act, (None, None))[0] if isinstance(hidden_act, str) else None
+    if approximate is not None and cpu.packed_linear_applies(dense, x):  # fp32 CPU inference: oneDNN's GELU post-op
+        return cpu.linear(dense, x, "gelu" if approximate == "none" else "gelu_tanh")
     if approximate is not None and type(dense) is nn.Linear and dense.bias is not None and (
             _backend.use_triton(x) or fused_on_cpu(approximate, x, dense.weight, dense.bias)):
         return ops.fused_bias_gelu(F.linear(x, dense.weight), dense.bias, approximate)
@@ -301,6 +304,7 @@ def restore(model: nn.Module) -> nn.Module:
             for p in module.__dict__.pop("_bertfast_frozen", []):
                 p.requires_grad_(True)
         dequantize_linear(module)
+        cpu.drop_packed(module)
     model.__dict__.pop("_bertfast_converted", None)
     return model
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertfast import ops
+from bertfast.ops import cpu
 from bertfast._validate import id_range_stats, raise_if_ids_out_of_range
 from bertfast.nn.modules import default_ids, embed
 
@@ -66,7 +67,7 @@ def self_attention(sa: nn.Module, hidden: torch.Tensor, attn: AttentionInputs, t
     or the reference attention when the probabilities or an additive mask are asked for."""
     p = dropout_p(sa)
     heads = (*hidden.shape[:-1], sa.num_attention_heads, sa.attention_head_size)
-    q, k, v = (lin(hidden).view(heads) for lin in (sa.query, sa.key, sa.value))
+    q, k, v = (cpu.linear(lin, hidden).view(heads) for lin in (sa.query, sa.key, sa.value))
     fused_training = training and p > 0
     seed = None  # drawn by the op, only when a Triton kernel needs one
     if attn.packed:  # [tokens, heads, D]

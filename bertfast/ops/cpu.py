@@ -102,3 +102,46 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
     repeating with its own period over the tokens (ops.embedding_sum.periodic_ids), in range."""
     return _embedding_layer_norm(input_ids, token_type_ids, position_ids, word.contiguous(), type_.contiguous(),
                                  position.contiguous(), weight, bias, float(eps))
+
+
+# Linear layers in fp32 CPU inference: oneDNN with the weight packed once ------------------------------------
+# torch's fp32 F.linear on the CPU is MKL's sgemm; oneDNN's (what OpenVINO and inductor's CPU freezing run)
+# with the weight reordered once into its blocked layout is faster. Measured on the 2-core AMD EPYC
+# (AVX-512), 914 tokens, 2 threads: [384 -> 384] 2.46 -> 1.93 ms, [384 -> 1536] 9.99 -> 6.25 ms, [1536 -> 384]
+# 8.52 -> 6.81 ms; its GELU post-op spares the intermediate's separate pass. Same fp32 arithmetic in another
+# summation order: the error against fp64 is ~4e-6 where MKL's is ~2e-6 on outputs of size ~1.
+_PACKED = "_bertfast_packed"
+
+
+def packed_linear_applies(linear, x: torch.Tensor) -> bool:
+    """Whether linear(x) runs as oneDNN with a packed weight: a plain nn.Linear without hooks (anything
+    else runs as itself), fp32 on the CPU, no gradient needed, the C++ kernels not turned off, not while
+    torch.compile traces."""
+    return (type(linear) is torch.nn.Linear and not (linear._forward_hooks or linear._forward_pre_hooks)
+            and x.dtype == torch.float32 and linear.weight.dtype == torch.float32 and x.dim() >= 2
+            and applies(x, linear.weight, linear.bias) and torch.backends.mkldnn.is_available()
+            and not torch.compiler.is_compiling())
+
+
+def linear(module, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
+    """module(x), then GELU for activation "gelu" (erf) or "gelu_tanh": through oneDNN with the weight
+    packed once (kept on the module, repacked when the weight changes: its storage or its version counter,
+    which an optimizer step or load_state_dict bumps) where packed_linear_applies, else the module itself."""
+    if not packed_linear_applies(module, x):
+        y = module(x)
+        return y if activation == "none" else torch.nn.functional.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+    w = module.weight
+    key = (w.data_ptr(), w._version, tuple(w.shape))
+    cached = module.__dict__.get(_PACKED)
+    if cached is None or cached[0] != key:
+        rows = max(1, x.numel() // max(x.shape[-1], 1))
+        cached = module.__dict__[_PACKED] = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows))
+    attr, algorithm = ("none", "") if activation == "none" else ("gelu", "tanh" if activation == "gelu_tanh" else "none")
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    y = torch.ops.mkldnn._linear_pointwise(flat, cached[1], module.bias, attr, [], algorithm)
+    return y.view(*x.shape[:-1], module.out_features)
+
+
+def drop_packed(module) -> None:
+    """Forget a packed weight (restore)."""
+    module.__dict__.pop(_PACKED, None)
