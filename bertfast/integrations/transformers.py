@@ -270,7 +270,8 @@ def optimize(model: nn.Module, *, padding_free: bool = True, dtype=None, quantiz
     in fp32 (the pooling and normalisation after it, and heads outside it, run in fp32); on a CPU without
     native bf16 it warns once and keeps fp32. quantize="int8" (CPU inference) runs each BertModel's encoder
     linear layers in int8: per-channel weights, per-token activations (bertfast.nn.int8); its parameters
-    are frozen; restore() undoes it."""
+    are frozen; restore() undoes it. In fp32 CPU inference the encoder's plain linear layers run through
+    oneDNN with their weights packed once (bertfast.ops.cpu.linear; repacked when a weight changes)."""
     if quantize not in QUANTIZE:
         raise ValueError(f"bertfast.optimize: quantize must be one of {QUANTIZE}, got {quantize!r}")
     model_cls, _ = _bert_classes()
