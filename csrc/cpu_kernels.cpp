@@ -285,6 +285,23 @@ constexpr int64_t kTaskFloats = 64 * 1024;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// The register tile of both products: for r < kQ, x < kKV, acc[r][x] = the sum over t < steps of
+// a[r * a_row + t] times the kW floats at b + t * b_row + x * kW (each of a's values broadcast, each
+// vector of b loaded once for the kQ rows).
+inline void micro_tile(const float* a, int64_t a_row, const float* b, int64_t b_row, int64_t steps,
+                       fVec (&acc)[kQ][kKV]) {
+  for (int64_t r = 0; r < kQ; ++r)
+    for (int64_t x = 0; x < kKV; ++x) acc[r][x] = fVec(0.f);
+  for (int64_t t = 0; t < steps; ++t) {
+    fVec bv[kKV];
+    for (int64_t x = 0; x < kKV; ++x) bv[x] = fVec::loadu(b + t * b_row + x * kW);
+    for (int64_t r = 0; r < kQ; ++r) {
+      const fVec av(a[r * a_row + t]);
+      for (int64_t x = 0; x < kKV; ++x) acc[r][x] = at::vec::fmadd(av, bv[x], acc[r][x]);
+    }
+  }
+}
+
 // Row j's `count` heads from head h0 of x (row and head strides in elements, heads of `dim` contiguous
 // elements) into dst, [head][dim] contiguous.
 inline void load_heads(c10::ScalarType type, const void* x, int64_t row_stride, int64_t head_stride, int64_t row,
@@ -341,16 +358,7 @@ void varlen_attention(c10::ScalarType type, const void* q, const void* k, const 
           const float* qb = qs.data() + i0 * width + h * dim;  // query row r, element d: qb[r * width + d]
           for (int64_t j = 0; j < keys; j += kTile) {
             fVec acc[kQ][kKV];
-            for (int64_t r = 0; r < kQ; ++r)
-              for (int64_t x = 0; x < kKV; ++x) acc[r][x] = zero;
-            for (int64_t d = 0; d < dim; ++d) {
-              fVec kv[kKV];
-              for (int64_t x = 0; x < kKV; ++x) kv[x] = fVec::loadu(kth + d * keys + j + x * kW);
-              for (int64_t r = 0; r < kQ; ++r) {
-                const fVec qv(qb[r * width + d]);
-                for (int64_t x = 0; x < kKV; ++x) acc[r][x] = at::vec::fmadd(qv, kv[x], acc[r][x]);
-              }
-            }
+            micro_tile(qb, width, kth + j, keys, dim, acc);  // scores: q . k over the dim
             for (int64_t r = 0; r < kQ; ++r)
               for (int64_t x = 0; x < kKV; ++x) acc[r][x].store(scores.data() + r * keys + j + x * kW);
           }
@@ -376,16 +384,7 @@ void varlen_attention(c10::ScalarType type, const void* q, const void* k, const 
           const float* vh = vals.data() + h * dim;  // key j, element c: vh[j * width + c]
           for (int64_t c = 0; c < dim; c += kTile) {
             fVec acc[kQ][kKV];
-            for (int64_t r = 0; r < kQ; ++r)
-              for (int64_t x = 0; x < kKV; ++x) acc[r][x] = zero;
-            for (int64_t j = 0; j < n; ++j) {
-              fVec vv[kKV];
-              for (int64_t x = 0; x < kKV; ++x) vv[x] = fVec::loadu(vh + j * width + c + x * kW);
-              for (int64_t r = 0; r < kQ; ++r) {
-                const fVec p(scores[r * keys + j]);
-                for (int64_t x = 0; x < kKV; ++x) acc[r][x] = at::vec::fmadd(p, vv[x], acc[r][x]);
-              }
-            }
+            micro_tile(scores.data(), keys, vh + c, width, n, acc);  // the weighted sum of values over the keys
             for (int64_t r = 0; r < kQ; ++r)
               for (int64_t x = 0; x < kKV; ++x) (acc[r][x] * fVec(inv[r])).store(obuf.data() + r * dim_tiles + c + x * kW);
           }

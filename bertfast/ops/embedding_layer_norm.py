@@ -21,17 +21,17 @@ def embedding_layer_norm(input_ids, token_type_ids, position_ids, word_weight, t
                          ids_checked: bool = False) -> torch.Tensor:
     """[B, S, H] = LayerNorm(word[input_ids] + type[token_type_ids] + position[position_ids]), arguments as
     embedding_sum's (ids_checked: the caller checked the ids' ranges)."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (word_weight, type_weight, position_weight, ln_weight, ln_bias))
-    if not needs_grad and cpu.applies(word_weight, type_weight, position_weight, ln_weight, ln_bias):
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if cpu.applies(word_weight, type_weight, position_weight, ln_weight, ln_bias):  # (no gradient needed)
         batch, seq, _, _, ids = _checked_ids(input_ids, token_type_ids, position_ids, word_weight, type_weight,
                                              position_weight)
         if not ids_checked:
             _check_ranges(*ids, word_weight, type_weight, position_weight)
         y = cpu.embedding_layer_norm(*ids, word_weight, type_weight, position_weight, ln_weight, ln_bias, eps)
         return y.view(batch, seq, word_weight.shape[1])
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (word_weight, type_weight, position_weight, ln_weight, ln_bias))
     if needs_grad or not _backend.use_triton(word_weight):
         x = embedding_sum(input_ids, token_type_ids, position_ids, word_weight, type_weight, position_weight, padding_idx,
                           ids_checked=ids_checked)
@@ -43,8 +43,6 @@ def embedding_layer_norm(input_ids, token_type_ids, position_ids, word_weight, t
         position_ids = torch.arange(seq, device=input_ids.device)[None]
     flat = [t.expand(batch, seq).reshape(-1).to(torch.long).contiguous() for t in (input_ids, token_type_ids, position_ids)]
     _check_ranges(*flat, word_weight, type_weight, position_weight)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
     from bertfast.kernels.embedding_layer_norm import embedding_layer_norm_forward
 
     tables = [t.contiguous() for t in (word_weight, type_weight, position_weight)]
