@@ -3,8 +3,13 @@ name themselves when corrupt), torchrun with gloo (2 ranks equal 1 process with 
 DDP and FSDP2, disjoint data, rank 0 alone writes), exact resume, a killed run's last checkpoint, LAMB,
 phases, and what transformers loads from it.
 
-Tolerances: 2 ranks against 1 process within 1e-5 a step (the same fp32 sums in another order: each rank
-sums its half, then the halves are averaged); resume against an uninterrupted run: equal bits
+Tolerances: 2 ranks against 1 process, the losses within 1e-5 a step (the same fp32 sums in another order:
+each rank sums its half, then the halves are averaged). The weights after 6 AdamW steps within 5e-5 (lr
+1e-3): AdamW divides each gradient element by its own running RMS, so where that element is a nearly
+cancelling sum (a rare token's embedding row; a key bias, whose true gradient is 0) the reordering's ~1e-7
+of its terms becomes a visible share of its update. Seen: 1e-6 to 1.4e-5 over 9 runs here, 1.16e-5 in CI,
+which failed the earlier 1e-5. A wrong split, a missing all-reduce or a rank's extra step moves weights by
+~lr a step and its losses by far more than 1e-5. Resume against an uninterrupted run: equal bits
 (--deterministic on CPU)."""
 import json
 import os
@@ -228,8 +233,9 @@ def test_torchrun_two_ranks_equal_one_process(corpus_dir, tmp_path, mode):
     assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.is_dir()) == ["checkpoint-3", "checkpoint-6"]
     weights = bertfast.BertForPreTraining.from_pretrained(tmp_path / "two").state_dict()
     reference = bertfast.BertForPreTraining.from_pretrained(tmp_path / "one").state_dict()
+    # Weights within 5e-5, a twentieth of the peak learning rate (see the module's docstring for why not 1e-5).
     for k in reference:
-        torch.testing.assert_close(weights[k], reference[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(weights[k], reference[k], rtol=1e-4, atol=5e-5)
     halfway = bertfast.BertForPreTraining.from_pretrained(tmp_path / "two" / "checkpoint-3").state_dict()
     assert max((weights[k] - halfway[k]).abs().max().item() for k in halfway) > 1e-4  # steps 4-6 trained
 
