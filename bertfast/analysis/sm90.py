@@ -540,13 +540,11 @@ def _attention_work(launch: Launch, a: dict) -> Work:
     if name.startswith("attention_fwd"):
         return Work(4 * act + lse, flops=4 * pairs * head_dim, trips=math.ceil(seq / a["BLOCK_N"]),
                     in_flight_per_block=2 * a["BLOCK_N"] * head_dim * q.element_size() * (max(1, _stages(launch) - 1)))
-    if name.startswith("attention_bwd_preprocess"):
-        return Work(2 * act + lse)
-    if name.startswith("attention_bwd_dkdv"):  # reads q, k, v, dO; writes dK, dV
+    if name.startswith("attention_bwd_dkdv"):  # reads q, k, v, dO, the lse and delta; writes dK, dV
         return Work(6 * act + 2 * lse, flops=8 * pairs * head_dim, trips=math.ceil(seq / a["BLOCK_M"]),
                     in_flight_per_block=2 * a["BLOCK_M"] * head_dim * q.element_size() * (max(1, _stages(launch) - 1)))
-    if name.startswith("attention_bwd_dq"):
-        return Work(5 * act + 2 * lse, flops=6 * pairs * head_dim, trips=math.ceil(seq / a["BLOCK_N"]),
+    if name.startswith("attention_bwd_dq"):  # reads q, k, v, O, dO and the lse; writes dQ and delta
+        return Work(6 * act + 2 * lse, flops=6 * pairs * head_dim, trips=math.ceil(seq / a["BLOCK_N"]),
                     in_flight_per_block=2 * a["BLOCK_N"] * head_dim * q.element_size() * (max(1, _stages(launch) - 1)))
     raise KeyError(name)
 
@@ -695,12 +693,14 @@ def predict(scenario: Scenario, launch: Launch, binary: Binary, gpu=h200, work: 
     # A loop that waits for each wgmma before the code that uses its result (a WARPGROUP.DEPBAR in the loop
     # after its HGMMAs: attention's softmax needs Q K^T, the next trip's rescale needs P V) keeps the
     # tensor cores and the instruction issue in series: the tensor floor plus the largest of the issue
-    # and pipe floors, plus one loaded DRAM latency for the first loads, which nothing overlaps. (Resident
-    # programs could in principle fill each other's gaps; the published Triton tutorial and
-    # FlashAttention-2/3 figures at head dim 64 say they do not: bertfast.analysis.sm90.attention_rates.)
+    # and pipe floors, plus one loaded DRAM latency a wave for its programs' first loads (the tiles the
+    # loop reuses and its first trips' prefetch), which nothing overlaps: programs of equal work start and
+    # end together, so each wave begins waiting. (Resident programs could in principle fill each other's
+    # gaps; the published Triton tutorial and FlashAttention-2/3 figures at head dim 64 say they do not:
+    # bertfast.analysis.sm90.attention_rates.)
     serial = 0.0
     if tensor and waits_on_mma(sass):
-        serial = tensor + max(issue, *pipes.values()) + gpu.LOADED_DRAM_LATENCY_S
+        serial = tensor + max(issue, *pipes.values()) + math.ceil(waves) * gpu.LOADED_DRAM_LATENCY_S
     floors = {"memory": memory, "latency": latency, "issue": issue, "tensor": tensor,
               **{f"{pipe} pipe": t for pipe, t in pipes.items()}}
     if serial:

@@ -179,10 +179,10 @@ def cases() -> list[Case]:
                  "loads in flight), 4 MB, against only two [T, H] tensors read"),
         Case("fused_bias_gelu", _bias_gelu(), (1, 2),
              why="backward: the kernel, then the column sums of its dbias partials"),
-        Case("fused_attention_varlen (dropout 0.1)", _attention_varlen(), (2, 3),
-             why="forward: the dropout seed drawn on the device, then the kernel; backward: delta = "
-                 "rowsum(dO * O), then dK/dV and dQ"),
-        Case("fused_attention padded + key mask (dropout 0.1)", _attention_padded(), (3, 3), syncs=(0, 0),
+        Case("fused_attention_varlen (dropout 0.1)", _attention_varlen(), (2, 2),
+             why="forward: the dropout seed drawn on the device, then the kernel; backward: dQ (which also "
+                 "writes delta = rowsum(dO * O) of its queries), then dK/dV"),
+        Case("fused_attention padded + key mask (dropout 0.1)", _attention_padded(), (3, 2), syncs=(0, 0),
              why="forward: the bool key mask as int8, the dropout seed, then the kernel"),
         Case("embedding_sum (ids checked by the caller)", _embedding(True), (1, 5), fills=(0, 2), scratch_share=0.08,
              why="forward: one kernel; backward: sort the word ids, mark the run bounds unused (-1, a fill), zero "

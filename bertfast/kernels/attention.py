@@ -7,8 +7,10 @@ Tensors are addressed through strides, so q/k/v may be views:
 The forward keeps an online softmax in fp32 (exp2, with log2(e) folded into the scale) and saves the
 log-sum-exp (base 2) per query row, +inf for a row with no key (its output and gradients are zero):
 padded at LSE[b, h, s], packed at LSE[h, t] (token t of the packed batch: no row outside a sequence).
-The backward follows FlashAttention-2: delta = rowsum(dO * O), then dK/dV over key blocks and dQ over
-query blocks, each recomputing P from q, k and the saved log-sum-exp (no atomics: deterministic). The
+The backward follows FlashAttention-2 in two launches: dQ over query blocks, each program also computing
+delta = rowsum(dO * O) of its queries (FlashAttention-2's separate preprocess pass, fused: the program
+holds those rows of dO already) and storing it, then dK/dV over key blocks, which reads delta; both
+recompute P from q, k and the saved log-sum-exp (no atomics: deterministic). The
 dK/dV kernel works transposed (Pᵀ = exp(K Qᵀ - lse)), so that all its matmuls have the program's keys
 as their M dimension: 64 or more rows, which sm_90 runs on wgmma (Triton picks mma.sync below 64).
 Dropout keeps P[q, k] by bertfast.kernels.dropout with row = q (the query's position in its sequence),
@@ -82,11 +84,9 @@ def _stats_base(b, h, start, lse_stride_b, lse_stride_h):
 
 
 @triton.jit
-def _row_stats(LSE, DELTA, stats_base, rows, row_ok):
-    """The forward's log-sum-exp (+inf past the end: p = 0) and delta = rowsum(dO * O) of these rows."""
-    lse = tl.load(LSE + stats_base + rows, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + stats_base + rows, mask=row_ok, other=0.0)
-    return lse, delta
+def _row_lse(LSE, stats_base, rows, row_ok):
+    """The forward's log-sum-exp of these rows (+inf past the end: p = 0)."""
+    return tl.load(LSE + stats_base + rows, mask=row_ok, other=float("inf"))
 
 
 @triton.jit
@@ -204,20 +204,6 @@ def attention_fwd_kernel(Q, K, V, O, LSE, MASK, CU, sm_scale, threshold, drop_sc
 
 
 @triton.jit(do_not_specialize=["S", "lse_stride_h"])
-def attention_bwd_preprocess_kernel(O, DO, DELTA, CU, o_stride_b, o_stride_s, o_stride_h, lse_stride_b, lse_stride_h,
-                                    H, S, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr):
-    """delta[row] = sum_d dO * O (fp32), laid out as the log-sum-exp. dO shares O's strides."""
-    pid_m, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_M, VARLEN)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, HEAD_DIM)
-    row_ok = rows < seqlen
-    base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
-    o = _load_tile(O, base, rows, row_ok, o_stride_s, dims).to(tl.float32)
-    do = _load_tile(DO, base, rows, row_ok, o_stride_s, dims).to(tl.float32)
-    tl.store(DELTA + _stats_base(b, h, start, lse_stride_b, lse_stride_h) + rows, tl.sum(o * do, 1), mask=row_ok)
-
-
-@triton.jit(do_not_specialize=["S", "lse_stride_h"])
 def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, SEED,
                               stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
                               lse_stride_b, lse_stride_h, H, S,
@@ -250,7 +236,8 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
             row_ok = rows < seqlen
             q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
             do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
-            lse, delta = _row_stats(LSE, DELTA, stats, rows, row_ok)
+            lse = _row_lse(LSE, stats, rows, row_ok)
+            delta = tl.load(DELTA + stats + rows, mask=row_ok, other=0.0)  # (stored by the dQ kernel)
             kq = _dot(k, tl.trans(q), DOT_FP32, IEEE)                             # [BLOCK_N, BLOCK_M] = (Q Kᵀ)ᵀ
             # (scale and shift in one FMA; lse = +inf on rows without keys: p = 0)
             prob_t = tl.where(valid[:, None], tl.math.exp2(kq * qk_scale - lse[None, :]), 0.0)
@@ -274,13 +261,15 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
 
 
 @triton.jit(do_not_specialize=["S", "lse_stride_h"])
-def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, SEED,
+def attention_bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, SEED,
                             stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
                             lse_stride_b, lse_stride_h, H, S,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                             VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                             DOT_FP32: tl.constexpr, IEEE: tl.constexpr, MASK_TILES: tl.constexpr):
-    """One program per (query block, batch*head): loops over all key blocks. DQ shares Q's strides."""
+    """One program per (query block, batch*head): delta = rowsum(dO * O) of its queries (stored in DELTA,
+    laid out as the log-sum-exp, for the dK/dV kernel), then dQ over all key blocks. DQ shares Q's strides;
+    O and DO share theirs."""
     pid_m, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_M, VARLEN)
     seed = dropout.load_seed(SEED, HAS_DROPOUT)
     if pid_m * BLOCK_M < seqlen:
@@ -289,9 +278,19 @@ def attention_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, thr
         row_ok = rows < seqlen
         base = _head_base(b, start, h, stride_b, stride_s, stride_h)
         o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
+        stats = _stats_base(b, h, start, lse_stride_b, lse_stride_h)
+        o = _load_tile(O, o_base, rows, row_ok, o_stride_s, dims)
+        do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
+        tl.store(DELTA + stats + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=row_ok)
+        # Then delta read back, and dO loaded again, in the layouts the loop uses (after the barrier the
+        # block's threads see each other's stores): the tiles of the sum carried into the loop made the
+        # fp32 tiles spill (464 B at 32 x 32 over 4 warps; 209 registers and none this way). Once a
+        # program, from L1/L2.
+        tl.debug_barrier()
+        delta = tl.load(DELTA + stats + rows, mask=row_ok, other=0.0)
         q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
         do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
-        lse, delta = _row_stats(LSE, DELTA, _stats_base(b, h, start, lse_stride_b, lse_stride_h), rows, row_ok)
+        lse = _row_lse(LSE, stats, rows, row_ok)
         qk_scale = sm_scale * LOG2E
         dq = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
         for start_n in range(0, seqlen, BLOCK_N):
@@ -399,21 +398,18 @@ def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int,
         return dq.zero_(), dk.zero_(), dv.zero_()
     stride_h, stride_b, stride_s = _grid_args(q, flags["VARLEN"])
     o_stride_h, o_stride_b, o_stride_s = _grid_args(out, flags["VARLEN"])
-    delta = torch.empty_like(lse)
+    delta = torch.empty_like(lse)  # (every row a sequence has is written by the dQ kernel, read by dK/dV)
     cu = cu_seqlens if cu_seqlens is not None else dummy
-    attention_bwd_preprocess_kernel[_grid(seq, 64, batch * heads, "attention backward")](
-        out, do, delta, cu, o_stride_b, o_stride_s, o_stride_h, *lse_strides, heads, seq, BLOCK_M=64,
-        HEAD_DIM=head_dim, VARLEN=flags["VARLEN"])
     common = (mask if mask is not None else dummy, cu, scale, dropout.threshold(p), dropout.keep_scale(p),
               _seed_arg(seed, dummy), stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h,
               mask.stride(0) if mask is not None else 0, *lse_strides, heads, seq)
+    dq_m, dq_n = cfg.dq_tiles(p > 0)
+    attention_bwd_dq_kernel[_grid(seq, dq_m, batch * heads, "attention backward")](  # (first: it writes delta)
+        q, k, v, out, do, dq, lse, delta, *common, BLOCK_M=dq_m, BLOCK_N=dq_n, HEAD_DIM=head_dim,
+        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq", p > 0))
     attention_bwd_dkdv_kernel[_grid(seq, cfg.dkdv_keys, batch * heads, "attention backward")](
         q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
         HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))
-    dq_m, dq_n = cfg.dq_tiles(p > 0)
-    attention_bwd_dq_kernel[_grid(seq, dq_m, batch * heads, "attention backward")](
-        q, k, v, do, dq, lse, delta, *common, BLOCK_M=dq_m, BLOCK_N=dq_n, HEAD_DIM=head_dim,
-        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq", p > 0))
     return dq, dk, dv
 
 

@@ -283,8 +283,36 @@ MUTANTS = [
     # --- the attention model and the one-FMA scale (same issue, second session) ----------------------
     Mutant("model: a loop that waits for each wgmma overlaps it with the issue (max, not sum)",
            "bertfast/analysis/sm90.py",
-           "serial = tensor + max(issue, *pipes.values()) + gpu.LOADED_DRAM_LATENCY_S",
+           "serial = tensor + max(issue, *pipes.values()) + math.ceil(waves) * gpu.LOADED_DRAM_LATENCY_S",
            "serial = max(tensor, issue, *pipes.values())",
+           ("tests/test_calibration.py", "-k series")),
+    # --- attention's backward preprocess fused into the dQ kernel (issue 21, point 6) ------------------
+    Mutant("attention dQ: delta = rowsum(dO * dO), O dropped", ATT,
+           "tl.store(DELTA + stats + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=row_ok)",
+           "tl.store(DELTA + stats + rows, tl.sum(do.to(tl.float32) * do.to(tl.float32), 1), mask=row_ok)",
+           ("tests/test_attention.py", "-k padded_matches")),
+    Mutant("attention backward: dK/dV launched before the dQ kernel has written delta", ATT,
+           """    dq_m, dq_n = cfg.dq_tiles(p > 0)
+    attention_bwd_dq_kernel[_grid(seq, dq_m, batch * heads, "attention backward")](  # (first: it writes delta)
+        q, k, v, out, do, dq, lse, delta, *common, BLOCK_M=dq_m, BLOCK_N=dq_n, HEAD_DIM=head_dim,
+        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq", p > 0))
+    attention_bwd_dkdv_kernel[_grid(seq, cfg.dkdv_keys, batch * heads, "attention backward")](
+        q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
+        HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))
+""",
+           """    dq_m, dq_n = cfg.dq_tiles(p > 0)
+    attention_bwd_dkdv_kernel[_grid(seq, cfg.dkdv_keys, batch * heads, "attention backward")](
+        q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
+        HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))
+    attention_bwd_dq_kernel[_grid(seq, dq_m, batch * heads, "attention backward")](
+        q, k, v, out, do, dq, lse, delta, *common, BLOCK_M=dq_m, BLOCK_N=dq_n, HEAD_DIM=head_dim,
+        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq", p > 0))
+""",
+           ("tests/test_attention.py", "-k padded_matches")),
+    Mutant("model: one DRAM latency a launch, not a wave, in a loop that waits for each wgmma",
+           "bertfast/analysis/sm90.py",
+           "serial = tensor + max(issue, *pipes.values()) + math.ceil(waves) * gpu.LOADED_DRAM_LATENCY_S",
+           "serial = tensor + max(issue, *pipes.values()) + gpu.LOADED_DRAM_LATENCY_S",
            ("tests/test_calibration.py", "-k series")),
     Mutant("model: the last wave's tail ignored", "bertfast/analysis/sm90.py",
            "tail = math.ceil(blocks / gpu.SMS) / (blocks / gpu.SMS)", "tail = 1.0",
