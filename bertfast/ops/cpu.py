@@ -11,6 +11,8 @@ says.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from bertfast import _backend
@@ -110,7 +112,10 @@ def embedding_layer_norm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, 
 # (AVX-512), 914 tokens, 2 threads: [384 -> 384] 2.46 -> 1.93 ms, [384 -> 1536] 9.99 -> 6.25 ms, [1536 -> 384]
 # 8.52 -> 6.81 ms; its GELU post-op spares the intermediate's separate pass. Same fp32 arithmetic in another
 # summation order: the error against fp64 is ~4e-6 where MKL's is ~2e-6 on outputs of size ~1.
-_PACKED = "_bertfast_packed"
+# module -> (key, packed weight, weak reference to the weight packed), beside the module rather than in its
+# __dict__: oneDNN's packed tensor has no storage that deepcopy or torch.save could copy, so a model that
+# had run once could no longer be copied or saved whole.
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def packed_linear_applies(linear, x: torch.Tensor) -> bool:
@@ -125,23 +130,30 @@ def packed_linear_applies(linear, x: torch.Tensor) -> bool:
 
 def linear(module, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
     """module(x), then GELU for activation "gelu" (erf) or "gelu_tanh": through oneDNN with the weight
-    packed once (kept on the module, repacked when the weight changes: its storage or its version counter,
-    which an optimizer step or load_state_dict bumps) where packed_linear_applies, else the module itself."""
+    packed once (kept for the module, repacked when the weight changes: another tensor, even one at the
+    freed one's address, its storage, or its version counter, which an optimizer step or load_state_dict
+    bumps) where packed_linear_applies, else the module itself."""
     if not packed_linear_applies(module, x):
         y = module(x)
         return y if activation == "none" else torch.nn.functional.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
     w = module.weight
     key = (w.data_ptr(), w._version, tuple(w.shape))
-    cached = module.__dict__.get(_PACKED)
-    if cached is None or cached[0] != key:
+    cached = _PACKED.get(module)
+    if cached is None or cached[0] != key or cached[2]() is not w:
         rows = max(1, x.numel() // max(x.shape[-1], 1))
-        cached = module.__dict__[_PACKED] = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows))
+        cached = _PACKED[module] = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows), weakref.ref(w))
     attr, algorithm = ("none", "") if activation == "none" else ("gelu", "tanh" if activation == "gelu_tanh" else "none")
     flat = x.reshape(-1, x.shape[-1]).contiguous()
     y = torch.ops.mkldnn._linear_pointwise(flat, cached[1], module.bias, attr, [], algorithm)
     return y.view(*x.shape[:-1], module.out_features)
 
 
+def packed_weight(module) -> torch.Tensor | None:
+    """The module's packed weight, if linear() has packed one."""
+    cached = _PACKED.get(module)
+    return None if cached is None else cached[1]
+
+
 def drop_packed(module) -> None:
     """Forget a packed weight (restore)."""
-    module.__dict__.pop(_PACKED, None)
+    _PACKED.pop(module, None)
