@@ -81,3 +81,34 @@ def test_a_bert_training_step_synchronises_once(run_compiled):
         print("syncs", len(syncs))
     """)
     assert "syncs 1" in stdout
+
+
+def test_a_traced_step_keeps_no_tensor_alive(run_compiled):
+    """A BertModel training step traced as bertfast.analysis.step traces it (out.backward, gradients into
+    .grad): the backward holds no copy (autograd hands each parameter its gradient as a real step does).
+    The trace's records keep meta stand-ins of their arguments, not the tensors: holding the gradients
+    made AccumulateGrad clone them, 10 copies a layer that no real step makes."""
+    stdout = run_compiled("""
+        import torch
+        import bertfast
+        from bertfast.analysis.trace import gpu_trace
+
+        cfg = bertfast.BertConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                  num_hidden_layers=1)
+        with torch.device("meta"):
+            model = bertfast.BertModel(cfg, add_pooling_layer=False).to(torch.bfloat16)
+        model.train()
+        ids = torch.empty(64, 128, dtype=torch.long, device="meta")
+        read = lambda t: torch.tensor([1, 30000, 1, 1, 128, 64 * 128, 1])[: t.numel()].reshape(t.shape)
+        with gpu_trace(host_copy=read) as forward:
+            out = model(input_ids=ids, attention_mask=torch.ones(64, 128, dtype=torch.long, device="meta"))
+        with gpu_trace() as backward:
+            out.last_hidden_state.backward(torch.empty_like(out.last_hidden_state))
+        copies = [e.name for e in backward if e.name in ("copy_", "clone", "_to_copy")]
+        assert not copies, copies
+        assert all(p.grad is not None for p in model.parameters())
+        kept = [a for e in forward + backward if e.kind == "triton" for a in e.args if isinstance(a, torch.Tensor)]
+        assert kept and all(a.device.type == "meta" for a in kept)
+        print("copies", len(copies), "launches", len(backward))
+    """)
+    assert "copies 0" in stdout

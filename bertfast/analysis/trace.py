@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from bertfast import _backend
 
@@ -91,6 +91,26 @@ def on_device(t: torch.Tensor) -> bool:
 
 def _nbytes(t) -> int:
     return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def _kept(tree, memo: dict):
+    """What a recorded event keeps of its arguments: each tensor as a meta tensor of the same shape,
+    strides, storage offset and dtype (one per distinct tensor), never the tensor itself. A record that held
+    the real tensors would keep them alive past their last use, and autograd copies a gradient that
+    something else still references into .grad (AccumulateGrad clones instead of taking it): the trace
+    would show copies a real step does not make."""
+    if isinstance(tree, torch.Tensor):
+        if id(tree) not in memo:
+            extent = tree.storage_offset() + sum((n - 1) * st for n, st in zip(tree.shape, tree.stride())) + 1
+            with _disable_current_modes():  # (not an allocation of the traced code)
+                base = torch.empty(extent if tree.numel() else tree.storage_offset(), dtype=tree.dtype, device="meta")
+                memo[id(tree)] = base.as_strided(tree.shape, tree.stride(), tree.storage_offset())
+        return memo[id(tree)]
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_kept(x, memo) for x in tree)
+    if isinstance(tree, dict):
+        return {k: _kept(v, memo) for k, v in tree.items()}
+    return tree
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -186,7 +206,8 @@ class _Recorder(TorchDispatchMode):
                                       zero_filled=True))
         elif func.namespace == "bertfast_C":
             self.events.append(Launch("extension", name, nbytes_read=sum(map(_nbytes, inputs)),
-                                      nbytes_written=allocated, nbytes_allocated=allocated, args=tuple(args)))
+                                      nbytes_written=allocated, nbytes_allocated=allocated,
+                                      args=_kept(tuple(args), {})))
         else:
             written = allocated
             if func._schema.is_mutable:  # in-place / out=: the mutated inputs are what it writes
@@ -195,7 +216,7 @@ class _Recorder(TorchDispatchMode):
             self.events.append(Launch("torch", name, nbytes_read=sum(map(_nbytes, inputs)), nbytes_written=written,
                                       nbytes_allocated=0 if func._schema.is_mutable else allocated,
                                       flops=_flops_of(name, args),
-                                      args=tuple(args) if name in SDPA_FORWARDS + SDPA_BACKWARDS else ()))
+                                      args=_kept(tuple(args), {}) if name in SDPA_FORWARDS + SDPA_BACKWARDS else ()))
         return out
 
 
@@ -226,8 +247,9 @@ def gpu_trace(host_int: int = 0, host_copy=None):
         grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
         devices = {a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
         ok = bool(guarded) and guarded[-1].device in devices  # the device made current is the launch's
-        events.append(Launch("triton", self.fn.__name__, grid=grid, kernel=self, args=args, kwargs=kwargs,
-                             device_guarded=ok))
+        memo = {}
+        events.append(Launch("triton", self.fn.__name__, grid=grid, kernel=self, args=_kept(args, memo),
+                             kwargs=_kept(kwargs, memo), device_guarded=ok))
 
     JITFunction.run = record
     previous = _backend.set_meta_is_gpu(True)

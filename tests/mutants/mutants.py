@@ -309,6 +309,11 @@ MUTANTS = [
         HAS_DROPOUT=p > 0, **flags, **cfg.options("dq", p > 0))
 """,
            ("tests/test_attention.py", "-k padded_matches")),
+    Mutant("trace: a Triton launch's record holds its real tensors (AccumulateGrad then clones gradients)",
+           "bertfast/analysis/trace.py",
+           "args=_kept(args, memo),\n                             kwargs=_kept(kwargs, memo)",
+           "args=args,\n                             kwargs=kwargs",
+           ("tests/test_traffic.py", "-k keeps_no_tensor")),
     Mutant("model: one DRAM latency a launch, not a wave, in a loop that waits for each wgmma",
            "bertfast/analysis/sm90.py",
            "serial = tensor + max(issue, *pipes.values()) + math.ceil(waves) * gpu.LOADED_DRAM_LATENCY_S",
