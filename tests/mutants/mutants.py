@@ -183,7 +183,10 @@ MUTANTS = [
            "return (triton.cdiv(seq, block) * batch_heads // batch_heads, batch_heads)",
            ("tests/test_gpu_risks.py", "-k grids_stay_within")),
     Mutant("attention grid: a program's head from the wrong division", ATT, "    bh = pid // blocks\n",
-           "    bh = pid // blocks + pid % 2\n", ("tests/test_gpu_risks.py", "-k past_65535")),
+           "    bh = pid // blocks // 2 * 2\n", ("tests/test_gpu_risks.py", "-k past_65535"),
+           why="two programs on one (sequence, head), its odd neighbour left unwritten, all in range (the earlier "
+               "mutant, pid // blocks + pid % 2, sent the last program past the batch, where the interpreter wrote "
+               "out of bounds and crashed rather than failing the test)"),
     Mutant("device guard: the attention backward launched on the current device", ATT,
            "@on_tensor_device\ndef attention_backward(", "def attention_backward(",
            ("tests/test_gpu_risks.py", "-k runs_under_its_tensors_device")),
