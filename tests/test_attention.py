@@ -193,6 +193,45 @@ def test_dropout_backward_matches_reference_with_the_kernels_mask(mode, seq, see
         torch.testing.assert_close(a, b_, atol=1e-5, rtol=1e-5, msg=lambda m: f"d{name}: {m}")
 
 
+@pytest.mark.parametrize("mode", ["padded", "varlen"])
+def test_qkv_packed_equals_separate_q_k_v(mode):
+    """q, k, v as views of one [.., 3, heads, D] projection (fused_attention_qkv): the same output and the
+    same gradients, bit for bit, as the three separate tensors, with dropout, left padding, a one-token
+    and an empty row; the gradient is one tensor of qkv's shape."""
+    batch, seq, heads, dim, p, seed = 4, 37, 2, 32, 0.2, 7
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([seq, 20, 1, 0])
+    mask = (torch.arange(seq)[None] >= (seq - lengths)[:, None]).long()  # left padding
+    qkv = torch.randn(batch, seq, 3, heads, dim, generator=g, requires_grad=True)
+    if mode == "padded":
+        out = ops.attention.fused_attention_qkv(qkv, mask, p, None, True, seed)
+        q, k, v = (t.detach().contiguous().transpose(1, 2).requires_grad_() for t in qkv.unbind(2))
+        want = ops.fused_attention(q, k, v, mask, p, None, True, seed)
+        dout = torch.randn(out.shape, generator=g)
+    else:
+        u = ops.unpad(qkv, mask)
+        packed = u.hidden.detach().requires_grad_()  # [total, 3, heads, D]
+        out = ops.attention.fused_attention_qkv(packed, None, p, None, True, seed, cu_seqlens=u.cu_seqlens,
+                                                max_seqlen=u.max_seqlen)
+        q, k, v = (t.detach().contiguous().requires_grad_() for t in packed.unbind(1))
+        want = ops.fused_attention_varlen(q, k, v, u.cu_seqlens, u.max_seqlen, p, None, True, seed)
+        dout = torch.randn(out.shape, generator=g)
+        qkv = packed
+    assert torch.equal(out, want)
+    (dqkv,) = grads(out, (qkv,), dout)
+    assert dqkv.shape == qkv.shape
+    for i, (name, want_grad) in enumerate(zip("qkv", grads(want, (q, k, v), dout))):
+        got = dqkv.select(-3, i)
+        assert torch.equal(got.transpose(1, 2) if mode == "padded" else got, want_grad), name
+
+
+def test_qkv_packed_bad_input():
+    with pytest.raises(ValueError, match="size 3"):
+        ops.attention.fused_attention_qkv(torch.randn(2, 5, 4, 2, 8))
+    with pytest.raises(ValueError, match="max_seqlen"):
+        ops.attention.fused_attention_qkv(torch.randn(5, 3, 2, 8), cu_seqlens=torch.tensor([0, 5], dtype=torch.int32))
+
+
 def test_opcheck():
     (q, k, v), mask = make(2, 2, 9, 32)
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
@@ -201,6 +240,12 @@ def test_opcheck():
     cu = torch.tensor([0, 4, 9], dtype=torch.int32)
     flat = [torch.randn(9, 2, 32, requires_grad=True) for _ in range(3)]
     torch.library.opcheck(torch.ops.bertfast.attention.default, (*flat, None, cu, 5, 0.2, 0.1, torch.tensor([7])))
+    # q, k, v packed in one tensor
+    qkv = torch.randn(2, 9, 3, 2, 32, requires_grad=True)
+    torch.library.opcheck(torch.ops.bertfast.attention_qkv.default,
+                          (qkv, mask.to(torch.int8), None, 9, 1 / math.sqrt(32), 0.0, None))
+    torch.library.opcheck(torch.ops.bertfast.attention_qkv.default,
+                          (torch.randn(9, 3, 2, 32, requires_grad=True), None, cu, 5, 0.2, 0.1, torch.tensor([7])))
 
 
 def test_unpad_pad_round_trip_with_autograd():

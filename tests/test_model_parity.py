@@ -251,3 +251,47 @@ def test_large_preset_1024_positions_against_transformers():
     torch.testing.assert_close(a.seq_relationship_logits, b.seq_relationship_logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="max_position_embeddings=1024"):
         ours(input_ids=torch.ones(1, 1025, dtype=torch.long))
+
+
+def test_training_q_k_v_as_one_matmul_and_hooks_respected(backend):
+    """Training on the Triton path (the interpreter here) runs q, k and v as one matmul of the concatenated
+    weights (models.batch.packed_qkv), the gradients landing on the three parameters as transformers'
+    separate projections give them; a forward hook on a projection (PEFT, a user's) makes the three run as
+    modules, so the hook sees its call."""
+    backend("triton")
+    import transformers
+
+    from bertfast.models.batch import packed_qkv
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    hf = transformers.BertModel(cfg, add_pooling_layer=False).train()
+    bf = bertfast.BertModel(cfg, add_pooling_layer=False).train()
+    bf.load_state_dict(hf.state_dict())
+    ids = torch.randint(5, 99, (3, 11))
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, :4] = 0  # left padding
+    mask[2, 1:] = 0  # one token
+    sa = bf.encoder.layer[0].attention.self
+    hidden = torch.randn(2, 5, 32, requires_grad=True)
+    assert packed_qkv(sa, hidden) is not None
+    with torch.no_grad():
+        assert packed_qkv(sa, hidden) is None  # (nothing to differentiate: three matmuls, no concatenation)
+    want = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    got = bf(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-5)
+    dout = torch.randn_like(want) * real[..., None]
+    want.backward(dout)
+    got.backward(dout)
+    hf_params = dict(hf.named_parameters())
+    for key, p in bf.named_parameters():
+        if ".attention.self." in key:
+            torch.testing.assert_close(p.grad, hf_params[key].grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+    seen = []
+    handle = sa.key.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    assert packed_qkv(sa, hidden) is None
+    bf(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+    handle.remove()
+    assert len(seen) == 1

@@ -360,6 +360,17 @@ def _grid(seq: int, block: int, batch_heads: int, what: str) -> tuple[int]:
     return grid_1d(triton.cdiv(seq, block) * batch_heads, what)
 
 
+def _canonical_empty(q, varlen: bool):
+    """An output of q's shape in canonical memory: [total, H, D] packed, [B, H, S, D] viewing [B, S, H, D]
+    memory padded (q itself may be a view with wider rows: q, k, v of one packed projection)."""
+    import torch
+
+    if varlen:
+        return q.new_empty(q.shape)
+    b, h, s, d = q.shape
+    return q.new_empty((b, s, h, d)).transpose(1, 2)
+
+
 def _seed_arg(seed, dummy):
     """The seed tensor the kernels read (int64 [1] on the device), or a placeholder without dropout."""
     return seed if seed is not None else dummy
@@ -367,12 +378,13 @@ def _seed_arg(seed, dummy):
 
 @on_tensor_device
 def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed):
-    """q, k, v canonical (see _grid_args), sharing strides; seed: int64 [1] on q's device (with p > 0).
-    Returns (out like q, lse fp32 (lse_shape))."""
+    """q, k, v sharing strides, unit stride on the head dim (canonical, see _grid_args, or views of one
+    packed projection); seed: int64 [1] on q's device (with p > 0). Returns (out: q's shape in canonical
+    memory, lse fp32 (lse_shape))."""
     import torch
 
     batch, heads, seq, head_dim, flags, cfg, dummy, lse_strides = _common(q, mask, cu_seqlens, max_seqlen)
-    out = torch.empty_like(q)
+    out = _canonical_empty(q, flags["VARLEN"])
     lse = torch.empty(lse_shape(q, cu_seqlens), dtype=torch.float32, device=q.device)
     stride_h, stride_b, stride_s = _grid_args(q, flags["VARLEN"])
     o_stride_h, o_stride_b, o_stride_s = _grid_args(out, flags["VARLEN"])
@@ -388,12 +400,19 @@ def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, 
 
 
 @on_tensor_device
-def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed):
-    """do shares out's strides; seed as in attention_forward. Returns (dq, dk, dv) with q's strides."""
+def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int, scale: float, p: float, seed,
+                       grads=None):
+    """do shares out's strides; seed as in attention_forward. Returns (dq, dk, dv): written into `grads`
+    when given (three tensors with q's strides: views of one packed gradient), else new tensors like q."""
     import torch
 
     batch, heads, seq, head_dim, flags, cfg, dummy, lse_strides = _common(q, mask, cu_seqlens, max_seqlen)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if grads is None:
+        grads = tuple(torch.empty_strided(q.shape, q.stride(), dtype=q.dtype, device=q.device) for _ in range(3))
+    dq, dk, dv = grads
+    if not dq.stride() == dk.stride() == dv.stride() == q.stride():
+        raise ValueError(f"attention_backward: gradients must share q's strides {q.stride()}, got "
+                         f"{dq.stride()}, {dk.stride()}, {dv.stride()}")
     if batch * heads == 0 or seq == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     stride_h, stride_b, stride_s = _grid_args(q, flags["VARLEN"])

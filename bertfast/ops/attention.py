@@ -1,5 +1,6 @@
 """Attention with BERT's padding: fused_attention (padded, key mask), fused_attention_varlen (packed
-tokens), and unpad / pad to move between the two.
+tokens), fused_attention_qkv (either, with q, k and v in one tensor: the three projections as one
+matmul, one gradient), and unpad / pad to move between the two.
 
 fused_attention: q, k, v [B, heads, S, D] (any strides; the kernel reads [B, S, heads, D] memory, which
 is what `linear(x).view(B, S, heads, D).transpose(1, 2)` gives, without a copy); attention_mask the HF
@@ -63,9 +64,12 @@ def _forward_fake(q, k, v, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
     # The log-sum-exp: [B * heads, S] padded, [heads, total tokens] packed (kernels.attention.lse_shape).
     if cu_seqlens is not None:
         shape = (q.shape[1], q.shape[0])
+        out = q.new_empty(q.shape)
     else:
         shape = (q.shape[0] * q.shape[1], q.shape[2])
-    return torch.empty_like(q), q.new_empty(shape, dtype=torch.float32)
+        b, h, s, d = q.shape
+        out = q.new_empty((b, s, h, d)).transpose(1, 2)  # (canonical memory: kernels.attention._canonical_empty)
+    return out, q.new_empty(shape, dtype=torch.float32)
 
 
 def _backward_impl(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
@@ -99,6 +103,60 @@ def _backward(ctx, dout, _dlse):
 
 _attention_backward = FusedOp("bertfast::attention_backward", _backward_impl, _backward_fake)
 _attention = FusedOp("bertfast::attention", _forward_impl, _forward_fake, _setup_context, _backward)
+
+
+# q, k and v in one tensor (the three projections as one matmul): qkv [total, 3, heads, D] packed or
+# [B, S, 3, heads, D] padded, contiguous. The kernels read q, k and v as views of it and the backward
+# writes dq, dk and dv into one gradient of its shape: the projection's backward takes it as it is (no
+# stack of three gradients, no sum of three input gradients).
+def split_qkv(qkv: torch.Tensor, padded: bool):
+    """q, k, v views of a packed qkv: [total, heads, D] each, or [B, heads, S, D] viewing [B, S, heads, D]."""
+    q, k, v = qkv.unbind(-3)
+    return tuple(t.transpose(1, 2) for t in (q, k, v)) if padded else (q, k, v)
+
+
+def _qkv_forward_impl(qkv: torch.Tensor, key_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                      max_seqlen: int, scale: float, p: float,
+                      seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward_impl(*split_qkv(qkv, cu_seqlens is None), key_mask, cu_seqlens, max_seqlen, scale, p, seed)
+
+
+def _qkv_forward_fake(qkv, key_mask, cu_seqlens, max_seqlen, scale, p, seed):
+    return _forward_fake(*split_qkv(qkv, cu_seqlens is None), key_mask, cu_seqlens, max_seqlen, scale, p, seed)
+
+
+def _qkv_backward_impl(do: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                       key_mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None, max_seqlen: int, scale: float,
+                       p: float, seed: torch.Tensor | None) -> torch.Tensor:
+    from bertfast.kernels.attention import attention_backward
+
+    padded = cu_seqlens is None
+    dqkv = torch.empty_like(qkv)
+    attention_backward(_like(do, out), *split_qkv(qkv, padded), out, lse, key_mask, cu_seqlens, max_seqlen, scale, p,
+                       seed, grads=split_qkv(dqkv, padded))
+    return dqkv
+
+
+def _qkv_setup_context(ctx, inputs, output):
+    qkv, key_mask, cu_seqlens, max_seqlen, scale, p, seed = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, key_mask, cu_seqlens, seed)
+    ctx.args = (max_seqlen, scale, p)
+    ctx.set_materialize_grads(False)
+
+
+def _qkv_backward(ctx, dout, _dlse):
+    if dout is None:
+        return (None,) * 7
+    qkv, out, lse, key_mask, cu_seqlens, seed = ctx.saved_tensors
+    return (_attention_qkv_backward(dout, qkv, out, lse, key_mask, cu_seqlens, *ctx.args, seed),
+            None, None, None, None, None, None)
+
+
+_attention_qkv_backward = FusedOp("bertfast::attention_qkv_backward", _qkv_backward_impl,
+                                  lambda do, qkv, *rest: torch.empty_like(qkv))
+_attention_qkv = FusedOp("bertfast::attention_qkv", _qkv_forward_impl, _qkv_forward_fake, _qkv_setup_context,
+                         _qkv_backward)
 
 
 def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -190,6 +248,47 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
         return _attention_varlen_reference(q, k, v, cu_seqlens, max_seqlen, scale, p)
     q, k, v = (t.contiguous() for t in (q, k, v))
     out, _ = _attention(q, k, v, None, cu_seqlens, int(max_seqlen), scale, p, dropout_seed(p, seed, q.device))
+    return out
+
+
+def fused_attention_qkv(qkv: torch.Tensor, attention_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                        softmax_scale: float | None = None, training: bool = False,
+                        seed: int | torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                        max_seqlen: int | None = None, validate: bool = True) -> torch.Tensor:
+    """fused_attention (qkv [B, S, 3, heads, D], attention_mask [B, S]; returns [B, heads, S, D]) or, with
+    cu_seqlens and max_seqlen, fused_attention_varlen (qkv [total, 3, heads, D]; returns [total, heads, D])
+    of q, k, v = qkv.unbind(-3): the three projections computed as one matmul. On the Triton path the
+    gradient is one tensor of qkv's shape (no stack, no sum of three input gradients); elsewhere the
+    same as calling those ops on the views."""
+    varlen = cu_seqlens is not None
+    check_tensor("qkv", qkv, dtypes=FLOAT_DTYPES, dim=4 if varlen else 5)
+    if qkv.shape[-3] != 3:
+        raise ValueError(f"qkv must hold q, k and v in its dimension -3 (size 3), got shape {tuple(qkv.shape)}")
+    if varlen and max_seqlen is None:
+        raise ValueError("fused_attention_qkv: max_seqlen is required with cu_seqlens")
+    if not _backend.use_triton(qkv):
+        if varlen:
+            return fused_attention_varlen(*split_qkv(qkv, False), cu_seqlens, max_seqlen, dropout_p, softmax_scale,
+                                          training, seed, validate)
+        return fused_attention(*split_qkv(qkv, True), attention_mask, dropout_p, softmax_scale, training, seed)
+    check_probability("dropout_p", dropout_p)
+    scale = _softmax_scale(softmax_scale, qkv.shape[-1])
+    p = float(dropout_p) if training else 0.0
+    qkv = qkv.contiguous()
+    if varlen:
+        check_same_device(qkv=qkv, cu_seqlens=cu_seqlens)
+        if validate:
+            check_cu_seqlens(cu_seqlens, qkv.shape[0])
+            lengths = cu_seqlens.diff()
+            if lengths.numel() and int(lengths.max()) > max_seqlen:
+                raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({int(lengths.max())})")
+        out, _ = _attention_qkv(qkv, None, cu_seqlens, int(max_seqlen), scale, p, dropout_seed(p, seed, qkv.device))
+        return out
+    check_same_device(qkv=qkv, attention_mask=attention_mask)
+    batch, seq = qkv.shape[:2]
+    key_mask = None if attention_mask is None else check_attention_mask(attention_mask, batch, seq)
+    mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else None
+    out, _ = _attention_qkv(qkv, mask, None, seq, scale, p, dropout_seed(p, seed, qkv.device))
     return out
 
 
