@@ -112,6 +112,22 @@ def test_predicted_training_step_against_transformers(run_compiled):
     assert sdpa_attention["transformers sdpa, no padding"] > 0 and sdpa_attention["transformers eager"] == 0, out
 
 
+def test_traced_step_dropout_is_one_launch_each_way(run_compiled):
+    """In the traced steps nn.Dropout dispatches as on a CUDA tensor: torch's fused kernel (native_dropout)
+    and its backward, one launch each, not the composite bernoulli_, div_ and mul that meta tensors take
+    (which charged transformers' 4 dropouts a layer three launches each)."""
+    out = run_compiled("""
+        import collections
+        from bertfast.analysis import step
+        steps = step.predicted_steps(layers=1)
+        for name in ("transformers eager", "bertfast, no padding"):
+            c = collections.Counter(p.name for p in steps[name])
+            print(name, c["native_dropout"], c["native_dropout_backward"], c["bernoulli_"] + c["div_"])
+    """)
+    assert "transformers eager 4 4 0" in out, out  # (attention probabilities, 2 hidden, the embeddings')
+    assert "bertfast, no padding 1 1 0" in out, out  # (the embeddings'; the rest is inside the fused kernels)
+
+
 def test_sdpa_kernels_are_charged_at_the_published_rate(run_compiled):
     """torch's fused attention (as transformers' sdpa path runs it on a Hopper GPU) is one launch a pass,
     charged its FLOPs (4 B H S^2 D forward, 2.5x that backward) at FlashAttention-2's published H100

@@ -88,13 +88,37 @@ def _fused_sdpa():
         F.scaled_dot_product_attention = original
 
 
+@contextlib.contextmanager
+def _cuda_dropout():
+    """F.dropout as it dispatches on a CUDA tensor, for meta tensors: at::dropout takes torch's fused
+    kernel (native_dropout: one launch, its backward one more) where the input is on CUDA, and otherwise
+    the composite bernoulli_, div_ and mul, three launches, which a trace on meta tensors would charge
+    every nn.Dropout of transformers' layers."""
+    import torch.nn.functional as F
+
+    original = F.dropout
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if input.device.type != "meta" or inplace or not training or not 0 < p < 1 or input.numel() == 0:
+            return original(input, p, training, inplace)
+        return torch.native_dropout(input, p, True)[0]
+
+    F.dropout = dropout
+    try:
+        yield
+    finally:
+        F.dropout = original
+
+
 def _training_step(model):
-    """The encoder's forward and backward (a gradient of the hidden states' shape), in training mode."""
+    """The encoder's forward and backward (a gradient of the hidden states' shape), in training mode, with
+    dropout dispatched as on a CUDA tensor (_cuda_dropout)."""
     model.train()
 
     def step(ids, mask):
-        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        out.backward(torch.empty_like(out))
+        with _cuda_dropout():
+            out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            out.backward(torch.empty_like(out))
     return step
 
 
