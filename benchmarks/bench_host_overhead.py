@@ -38,7 +38,10 @@ def stub_kernels(monkeypatch):
 
     def attention_forward(q, k, v, mask, cu, max_seqlen, scale, p, seed):
         rows = (cu.shape[0] - 1) * q.shape[1] if cu is not None else q.shape[0] * q.shape[1]
-        return torch.empty_like(q), q.new_empty((rows, max(max_seqlen, 1)), dtype=torch.float32)
+        return attention._canonical_empty(q, cu is not None), q.new_empty((rows, max(max_seqlen, 1)), dtype=torch.float32)
+
+    def attention_backward(do, q, k, v, *rest, grads=None):
+        return grads if grads is not None else (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
 
     monkeypatch.setattr(_backend, "use_triton", lambda t: True)
     monkeypatch.setattr(bias_gelu, "bias_gelu_forward", lambda x, b, a: torch.empty_like(x))
@@ -46,8 +49,7 @@ def stub_kernels(monkeypatch):
     monkeypatch.setattr(layer_norm, "residual_layer_norm_forward", ln_forward)
     monkeypatch.setattr(layer_norm, "residual_layer_norm_backward", ln_backward)
     monkeypatch.setattr(attention, "attention_forward", attention_forward)
-    monkeypatch.setattr(attention, "attention_backward",
-                        lambda do, q, k, v, *rest: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)))
+    monkeypatch.setattr(attention, "attention_backward", attention_backward)
     monkeypatch.setattr(embedding_sum, "embedding_backward",
                         lambda grad, ids, tt, pos, rows, pad, det: tuple(grad.new_empty(n, grad.shape[1]) for n in rows))
 

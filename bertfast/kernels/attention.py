@@ -363,8 +363,6 @@ def _grid(seq: int, block: int, batch_heads: int, what: str) -> tuple[int]:
 def _canonical_empty(q, varlen: bool):
     """An output of q's shape in canonical memory: [total, H, D] packed, [B, H, S, D] viewing [B, S, H, D]
     memory padded (q itself may be a view with wider rows: q, k, v of one packed projection)."""
-    import torch
-
     if varlen:
         return q.new_empty(q.shape)
     b, h, s, d = q.shape

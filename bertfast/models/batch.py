@@ -76,7 +76,8 @@ def packed_qkv(sa: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
         return None
     if not any(p.requires_grad for lin in lins for p in lin.parameters()) and not hidden.requires_grad:
         return None
-    if len({(lin.weight.dtype, lin.bias is None, lin.in_features) for lin in lins}) != 1:
+    shapes = {(lin.weight.dtype, lin.bias is None, lin.in_features, lin.out_features) for lin in lins}
+    if len(shapes) != 1 or lins[0].out_features != sa.num_attention_heads * sa.attention_head_size:
         return None
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return None
