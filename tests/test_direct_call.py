@@ -86,12 +86,19 @@ def case(name):
         "attention_varlen": (attention_mod._attention, attention_mod._attention_backward,
                              [packed, packed * 0.5, packed.flip(0)],
                              lambda q, k, v: ops.fused_attention_varlen(q, k, v, cu, 17)),
+        "attention_qkv": (attention_mod._attention_qkv, attention_mod._attention_qkv_backward,
+                          [torch.stack([q, q * 0.5, q.flip(0)], 2).transpose(1, 3).contiguous()],  # [B, S, 3, H, D]
+                          lambda qkv: ops.attention.fused_attention_qkv(qkv, mask)),
+        "attention_qkv_varlen": (attention_mod._attention_qkv, attention_mod._attention_qkv_backward,
+                                 [torch.stack([packed, packed * 0.5, packed.flip(0)], 1)],  # [total, 3, H, D]
+                                 lambda qkv: ops.attention.fused_attention_qkv(qkv, cu_seqlens=cu, max_seqlen=17)),
         "embedding_sum": (embedding_mod._embedding_sum, embedding_mod._embedding_backward, tables,
                           lambda w, t, p: ops.embedding_sum(ids, None, None, w, t, p, padding_idx=0)),
     }[name]
 
 
-@pytest.mark.parametrize("name", ["bias_gelu", "layer_norm", "attention", "attention_varlen", "embedding_sum"])
+@pytest.mark.parametrize("name", ["bias_gelu", "layer_norm", "attention", "attention_varlen", "attention_qkv",
+                                  "attention_qkv_varlen", "embedding_sum"])
 def test_every_path_gives_the_same_result(monkeypatch, name):
     fused, fused_backward, inputs, run = case(name)
     fwd, bwd = Paths(monkeypatch, fused), Paths(monkeypatch, fused_backward)
