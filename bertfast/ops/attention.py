@@ -225,6 +225,14 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> None:
                          f"{values if len(values) <= 12 else values[:6] + ['...'] + values[-6:]}")
 
 
+def _check_sequences(cu_seqlens: torch.Tensor, total: int, max_seqlen: int) -> None:
+    """cu_seqlens valid for `total` tokens, and no sequence longer than max_seqlen (host reads)."""
+    check_cu_seqlens(cu_seqlens, total)
+    lengths = cu_seqlens.diff()
+    if lengths.numel() and int(lengths.max()) > max_seqlen:
+        raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({int(lengths.max())})")
+
+
 def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                            max_seqlen: int, dropout_p: float = 0.0, softmax_scale: float | None = None,
                            training: bool = False, seed: int | torch.Tensor | None = None,
@@ -236,10 +244,7 @@ def fused_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     check_probability("dropout_p", dropout_p)
     check_same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
     if validate:
-        check_cu_seqlens(cu_seqlens, q.shape[0])
-        lengths = cu_seqlens.diff()
-        if lengths.numel() and int(lengths.max()) > max_seqlen:
-            raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({int(lengths.max())})")
+        _check_sequences(cu_seqlens, q.shape[0], max_seqlen)
     scale = _softmax_scale(softmax_scale, q.shape[-1])
     p = float(dropout_p) if training else 0.0
     if not _backend.use_triton(q):
@@ -278,10 +283,7 @@ def fused_attention_qkv(qkv: torch.Tensor, attention_mask: torch.Tensor | None =
     if varlen:
         check_same_device(qkv=qkv, cu_seqlens=cu_seqlens)
         if validate:
-            check_cu_seqlens(cu_seqlens, qkv.shape[0])
-            lengths = cu_seqlens.diff()
-            if lengths.numel() and int(lengths.max()) > max_seqlen:
-                raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence ({int(lengths.max())})")
+            _check_sequences(cu_seqlens, qkv.shape[0], max_seqlen)
         out, _ = _attention_qkv(qkv, None, cu_seqlens, int(max_seqlen), scale, p, dropout_seed(p, seed, qkv.device))
         return out
     check_same_device(qkv=qkv, attention_mask=attention_mask)
