@@ -22,6 +22,7 @@ import argparse
 import collections
 import contextlib
 import sys
+from unittest import mock
 
 import torch
 
@@ -81,11 +82,8 @@ def _fused_sdpa():
         return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, bias, True, dropout_p, False,
                                                                        scale=scale)[0]
 
-    F.scaled_dot_product_attention = fused
-    try:
+    with mock.patch.object(F, "scaled_dot_product_attention", fused):
         yield
-    finally:
-        F.scaled_dot_product_attention = original
 
 
 @contextlib.contextmanager
@@ -103,11 +101,8 @@ def _cuda_dropout():
             return original(input, p, training, inplace)
         return torch.native_dropout(input, p, True)[0]
 
-    F.dropout = dropout
-    try:
+    with mock.patch.object(F, "dropout", dropout):
         yield
-    finally:
-        F.dropout = original
 
 
 def _training_step(model):
