@@ -215,6 +215,35 @@ COMMON = ["--config", "tiny", "--steps", "6", "--log-every", "1", "--dropout", "
           "--save-every", "3"]
 
 
+def test_teardown_frees_what_holds_the_process_group_before_destroying_it(monkeypatch):
+    """A DDP wrapper lives in a reference cycle after the loop returns (seen under torchrun: alive at teardown
+    until a collection). teardown collects it before the barrier and destroy_process_group, so its reducer
+    lets go of the gloo group while the interpreter is whole (CI once saw a rank abort at exit)."""
+    import gc
+    import weakref
+
+    from bertfast.training import distributed
+
+    class Holder:  # stands in for DistributedDataParallel: a cycle holding the process group
+        pass
+
+    holder = Holder()
+    holder.me = holder
+    ref = weakref.ref(holder)
+    del holder
+    seen = []
+    gc.disable()  # no collection but teardown's own
+    try:
+        monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(distributed.dist, "barrier", lambda: seen.append(("barrier", ref() is None)))
+        monkeypatch.setattr(distributed.dist, "destroy_process_group",
+                            lambda: seen.append(("destroy", ref() is None)))
+        distributed.teardown(distributed.Dist(rank=1, world=2))
+    finally:
+        gc.enable()
+    assert seen == [("barrier", True), ("destroy", True)]
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp", "ddp-accumulate"])
 def test_torchrun_two_ranks_equal_one_process(corpus_dir, tmp_path, mode):
     one = cli("pretrain", "--data", corpus_dir / "data", *COMMON, "--batch-size", "8", "--out", tmp_path / "one")
