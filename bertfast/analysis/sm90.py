@@ -769,7 +769,15 @@ def _family_goal(p: Prediction) -> tuple[str, float] | None:
 # two threads share each 8-value Philox call (reported). The backward kernels are held where attention
 # draws its mask in the query-key grouping (MASK_TILES: head dim <= 64, 16-bit, BERT's); at head dim
 # 128 the fragment grouping's mask crosses threads in the dK/dV kernel (reported: the query-key grouping
-# needs 128 queries over one warpgroup, where the d = 128 forward and dQ spill).
+# needs 128 queries over one warpgroup: a thread of a 64-query warpgroup holds 2 of a call's 4 queries, and
+# the dK/dV kernel's thread 2 of its keys, so no grouping puts more than 4 of a call's 8 elements in one
+# thread of every kernel). Tried (2026-12-07, this model, S = 512): the forward at 128 x 32 over 4 warps,
+# 1 stage, fits (no spills; 106.7 against 105.3 us with dropout) and the dK/dV kernel in the query-key
+# grouping falls to 1.85x (176.0 against 191.7 us), but the dQ kernel at 128 queries over 4 warps keeps
+# its 128-register accumulator beside the loop and spills: 136 B at 32 keys a step (17 registers live
+# across the loop), 392 B at 2-3 stages, 104 B at 16 keys; a separate dQ stride or a block-pointer store
+# moved the spills into the loop. A dQ in the transposed frame (keys as the wgmma rows, as dK/dV) would
+# fit and is not built.
 DROPOUT_OVERHEAD = {"residual_layer_norm_fwd_kernel": 1.5, "attention_fwd_kernel": 2.0,
                     "attention_bwd_dkdv_kernel": 2.0, "attention_bwd_dq_kernel": 2.0}
 
