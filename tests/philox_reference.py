@@ -67,7 +67,7 @@ def fragment_bits(seed: int, rows: int, cols: int, stream: int) -> np.ndarray:
 
 
 def tile_bits(seed: int, rows: int, cols: int, stream: int) -> np.ndarray:
-    """[rows, cols] 16-bit draws of the query-key grouping (attention's P at head dim <= 64, 16-bit):
+    """[rows, cols] 16-bit draws of the query-key grouping (attention's P in 16-bit on the GPU's tiles):
     query q = 128 A + 64 x + 16 B + 8 y + z and key k = 16 C + 8 u + v take the call (64 A + 8 B + z,
     8 C + v, stream, 1), word 2 x + y, half u."""
     q = np.arange(rows)[:, None]

@@ -153,6 +153,32 @@ def test_dropout_is_reproducible_and_matches_reference_with_its_mask():
     assert torch.equal(ops.fused_attention(q, k, v, mask, dropout_p=p, training=False), ops.fused_attention(q, k, v, mask))
 
 
+def _with_dropout(mode, q, k, v, mask, p, seed):
+    """(output [B, H, S, D], the kernels' keep-mask [B, H, S, S] in the padded frame, the rows that exist)
+    of attention with dropout, padded or packed ("varlen"). A mask's rows and columns are positions in the
+    sequence as the kernel sees it: the padded layout's, or the packed sequence's (numbered from 0), so a
+    packed run's mask is spread back over its sequence's real tokens. Its grouping is the one the
+    configuration (BERTFAST_GPU_TILES, head dim, dtype) picks."""
+    batch, heads, seq, dim = q.shape
+    if mode == "padded":
+        out = ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed)
+        keep = attention_dropout_keep_mask(batch * heads, seq, p, seed, "cpu", dim, q.dtype)
+        return out, keep.view(batch, heads, seq, seq), torch.ones_like(out, dtype=torch.bool)
+    packed = [ops.unpad(t.transpose(1, 2), mask) for t in (q, k, v)]
+    u = packed[0]
+    out_v = ops.fused_attention_varlen(*(x.hidden for x in packed), u.cu_seqlens, u.max_seqlen, dropout_p=p,
+                                       training=True, seed=seed)
+    out = ops.pad(out_v, u.indices, batch, seq).transpose(1, 2)
+    keep = attention_dropout_keep_mask(batch * heads, u.max_seqlen, p, seed, "cpu", dim, q.dtype)
+    keep = keep.view(batch, heads, u.max_seqlen, u.max_seqlen)
+    full = torch.zeros(batch, heads, seq, seq, dtype=torch.bool)
+    for b_ in range(batch):
+        where = mask[b_].bool().nonzero().squeeze(1)
+        n = where.numel()
+        full[b_][:, where[:, None], where[None, :]] = keep[b_, :, :n, :n]
+    return out, full, mask.bool()[:, None, :, None].expand_as(out)
+
+
 @pytest.mark.parametrize("mode", ["padded", "varlen"])
 @pytest.mark.parametrize("seq,seed", [(9, 1), (40, 2), (70, 3)])
 def test_dropout_backward_matches_reference_with_the_kernels_mask(mode, seq, seed):
@@ -165,27 +191,8 @@ def test_dropout_backward_matches_reference_with_the_kernels_mask(mode, seq, see
     (q, k, v), mask = make(batch, heads, seq, dim, seed=seed)
     mask = mask.flip(1)  # left padding: lengths seq, seq // 2, 1
     dout = torch.randn(batch, heads, seq, dim, generator=torch.Generator().manual_seed(seed))
-    if mode == "padded":
-        out = ops.fused_attention(q, k, v, mask, dropout_p=p, training=True, seed=seed)
-        keep = attention_dropout_keep_mask(batch * heads, seq, p, seed, "cpu").view(batch, heads, seq, seq)
-        ref = attention_ref(q, k, v, mask, dropout_mask=keep, dropout_scale=keep_scale(p))
-        real = torch.ones_like(out, dtype=torch.bool)
-    else:
-        packed = [ops.unpad(t.transpose(1, 2), mask) for t in (q, k, v)]
-        u = packed[0]
-        out_v = ops.fused_attention_varlen(*(x.hidden for x in packed), u.cu_seqlens, u.max_seqlen, dropout_p=p,
-                                           training=True, seed=seed)
-        out = ops.pad(out_v, u.indices, batch, seq).transpose(1, 2)
-        # packed: sequence b's rows and columns are its real tokens, numbered from 0
-        keep = attention_dropout_keep_mask(batch * heads, u.max_seqlen, p, seed, "cpu").view(batch, heads, u.max_seqlen,
-                                                                                              u.max_seqlen)
-        full = torch.zeros(batch, heads, seq, seq, dtype=torch.bool)
-        for b_ in range(batch):
-            where = mask[b_].bool().nonzero().squeeze(1)
-            n = where.numel()
-            full[b_][:, where[:, None], where[None, :]] = keep[b_, :, :n, :n]
-        ref = attention_ref(q, k, v, mask, dropout_mask=full, dropout_scale=keep_scale(p))
-        real = mask.bool()[:, None, :, None].expand_as(out)
+    out, keep, real = _with_dropout(mode, q, k, v, mask, p, seed)
+    ref = attention_ref(q, k, v, mask, dropout_mask=keep, dropout_scale=keep_scale(p))
     torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-5)
     got = grads(out, (q, k, v), dout * real)
     want = grads(ref, (q, k, v), dout * real)
@@ -377,6 +384,66 @@ def test_gpu_tile_configurations(monkeypatch, dtype, dim, seq):
     back = ops.pad(packed, u[0].indices, 4, seq).transpose(1, 2)
     real = mask.bool()[:, None, :, None].expand_as(out)
     torch.testing.assert_close(back[real], out[real], atol=1e-6, rtol=1e-6)
+
+
+def _backward_as_flash_attention(q, k, v, mask, keep, scale, dout, dtype):
+    """fp32 gradients of softmax(q kᵀ / sqrt(d)) with dropout (keep, scale), computed as FlashAttention's
+    backward defines them: delta = rowsum(dO * O) from the output as stored (rounded to `dtype`). A row
+    whose softmax has one key has dS = P (dP - delta) = 0 exactly, but delta from the rounded output is off
+    by the rounding (with dropout, O = v * scale is not a bf16 number): an error every FlashAttention-style
+    kernel has, which PyTorch's own bf16 autograd (softmax's backward) does not. Also returns, for dQ, dK
+    and dV, the first-order bound of that error when O is off by up to one ulp of `dtype` per element (the
+    fp32 output the kernel rounds differs from this one in its last bits, so the two can round apart):
+    |delta error| <= sum_d |dO| eps |O|, through dS = P (dP - delta) into dQ = dS K and dK = dSᵀ Q."""
+    d = q.shape[-1]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+    scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+    prob = torch.softmax(scores, -1).nan_to_num(0.0)
+    dropped = prob * keep * scale
+    out = dropped @ v
+    dv = dropped.transpose(-1, -2) @ dout
+    dp = (dout @ v.transpose(-1, -2)) * keep * scale
+    delta = (dout * out.to(dtype).float()).sum(-1, keepdim=True)
+    ds = prob * (dp - delta)
+    grads = (ds @ k / math.sqrt(d), ds.transpose(-1, -2) @ q / math.sqrt(d), dv)
+    delta_error = (dout.abs() * out.abs()).sum(-1, keepdim=True) * torch.finfo(dtype).eps
+    bounds = ((prob @ k.abs()) * delta_error / math.sqrt(d),
+              prob.transpose(-1, -2) @ (delta_error * q.abs()) / math.sqrt(d), torch.zeros_like(dv))
+    return grads, bounds
+
+
+@pytest.mark.parametrize("mode", ["padded", "varlen"])
+@pytest.mark.parametrize("dim", [64, 128])
+def test_gpu_tiles_with_dropout_gradients(monkeypatch, mode, dim):
+    """The 16-bit GPU tiles with dropout (BERTFAST_GPU_TILES=1, bf16, S = 137: two blocks of 128 queries,
+    the second of 9): the query-key grouping in all three kernels, the dQ kernel at 128 queries a program
+    at head dim 64 and, at head dim 128, in the dK/dV kernel's frame (keys first, trips of 64 queries, the
+    last block's second trip skipped). Forward and every gradient against fp32 references given the
+    kernels' own mask, padded (a full row, 40 tokens, one, none) and packed, judged as
+    test_gpu_tile_configurations judges bf16 (twice PyTorch's own bf16 error plus 1e-3, plus an ulp); the
+    gradients' fp32 reference takes delta from the bf16 output, as the kernels do, and the bound adds
+    that rounding's own (_backward_as_flash_attention)."""
+    monkeypatch.setenv("BERTFAST_GPU_TILES", "1")
+    dtype, seq, batch, heads, p, seed = torch.bfloat16, 137, 4, 2, 0.25, 7
+    (q, k, v), _ = make(batch, heads, seq, dim, dtype=dtype, seed=dim)
+    # lengths: a last block of 9 queries (one trip of the keys-first dQ's two), of 40 (both: the second
+    # holds queries 32..39), one token, none
+    mask = (torch.arange(seq)[None] < torch.tensor([[137], [40], [1], [0]])).long()
+    out, full, real = _with_dropout(mode, q, k, v, mask, p, seed)
+    q32, k32, v32 = (t.detach().float() for t in (q, k, v))
+    ref32 = attention_ref(q32, k32, v32, mask, dropout_mask=full, dropout_scale=keep_scale(p))
+    ref_lp = attention_ref(q, k, v, mask, dropout_mask=full, dropout_scale=keep_scale(p))
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype) * real
+    ulp = torch.finfo(dtype).eps
+
+    def within(got, exact, torch_lp, extra=0.0):
+        bound = 2 * (torch_lp.float() - exact).abs().max() + 1e-3 + ulp * exact.abs() + extra
+        return bool(((got.float() - exact).abs() <= bound).all())
+    assert within(out[real], ref32[real], ref_lp.detach()[real])
+    exact, rounding = _backward_as_flash_attention(q32, k32, v32, mask, full.float(), keep_scale(p), dout.float(), dtype)
+    for name, a, b32, blp, extra in zip("qkv", grads(out, (q, k, v), dout), exact, grads(ref_lp, (q, k, v), dout),
+                                        rounding):
+        assert within(a, b32, blp, extra), f"d{name}"
 
 
 def test_sequence_1024_forward_and_backward_fp32():

@@ -188,6 +188,23 @@ def test_attention_loop_pays_tensor_and_issue_in_series(run_compiled):
     assert "ok" in out
 
 
+def test_nested_loops_are_counted_per_outer_trip(run_compiled):
+    """A loop inside another (the keys-first dQ: key blocks inside query trips) runs inner x outer times;
+    the outer loop's own instructions outer times; a trip is the inner loop's."""
+    out = run_compiled("""
+        from bertfast.analysis import sm90
+        lines = ["MOV R1, RZ", "IADD3 R2, R2, 0x1, RZ", "FADD R3, R3, R4", "@P0 BRA 0x20", "IADD3 R5, R5, 0x1, RZ",
+                 "@P1 BRA 0x10", "EXIT"]
+        sass = sm90.Sass.parse("\\n".join(f"        /*{i * 16:04x}*/                   {op} ;" for i, op in enumerate(lines)))
+        assert sass.loops == [(2, 3), (1, 5)], sass.loops
+        assert sass.counts((4, 3)) == {0: 1, 1: 3, 2: 12, 3: 12, 4: 3, 5: 3, 6: 1}
+        assert sass.executed(4) == 1 + 5 * 4 + 1  # (a single count: outer loops only, as before)
+        assert sass.per_trip() == 2
+        print("ok")
+    """)
+    assert "ok" in out
+
+
 def test_waits_on_mma_and_the_wgmma_shape_rate(run_compiled):
     """A loop that waits for its HGMMAs (WARPGROUP.DEPBAR after them) is recognised, one that does not is
     not; a narrow wgmma with A in shared memory is bound by reading its operands (HGMMA.64x8x16: 2,304 B

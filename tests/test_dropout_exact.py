@@ -58,6 +58,11 @@ def test_gpu_tiles_are_forced(monkeypatch):
     assert bf16.dq_tiles(True) == (128, 32) and bf16.dq_tiles(False) == (64, 64)
     assert bf16.options("dq", True)["num_stages"] == 4 and bf16.options("dq")["num_stages"] == 2
     assert attention_config(128, torch.bfloat16).dkdv_keys == 128 and attention_config(64, torch.float32).fwd_m == 32
+    d128 = attention_config(128, torch.bfloat16)  # with dropout: the query-key grouping, dQ keys first
+    assert d128.mask_tiles and d128.dq_keys_first and d128.dq_tiles(True) == (64, 128)
+    assert d128.fwd_tiles(True) == (128, 32) and d128.fwd_tiles(False) == (128, 64)
+    assert d128.options("fwd", True) == {"num_warps": 4, "num_stages": 1} and d128.options("fwd")["num_warps"] == 8
+    assert d128.options("dq", True)["num_warps"] == 8 and d128.options("dq")["num_warps"] == 4
     assert (layer_norm_config(768, 2, False).rows, layer_norm_config(768, 2, False).warps) == (2, 4)
     assert layer_norm_config(8192, 4, True).chunk == 2048
 
@@ -149,7 +154,7 @@ def assert_attention_masks_exact(mode, dtype, dim, seq, device="cpu"):
     from bertfast.kernels.launch import attention_config
 
     got, lengths, heads = attention_masks(mode, dtype, dim, seq, device)
-    # the grouping the tiles draw in: query-key tiles (16-bit, head dim 64 on the GPU), else fragments
+    # the grouping the tiles draw in: query-key tiles (16-bit on the GPU's tiles), else fragments
     bits = ref.tile_bits if attention_config(dim, dtype, seq).mask_tiles else ref.fragment_bits
     for b, n in enumerate(lengths):
         for h in range(heads):

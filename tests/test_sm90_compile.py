@@ -8,11 +8,13 @@
   spills, 128-bit loads/stores, dropout's instruction overhead (LayerNorm forward <= 1.5x, each
   attention kernel's loop <= 2x at head dim 64 in 16 bits).
 - BERT's dropout masks cross no threads: no `convert_layout` of a mask (i1) in the attention kernels'
-  TTGIR with dropout at head dim 64, bf16.
+  TTGIR with dropout at head dims 64 and 128, bf16.
 Both run in a subprocess with TRITON_INTERPRET=0: the rest of the suite runs Triton's interpreter, whose
 kernels cannot be compiled.
 """
 import json
+
+import pytest
 
 
 def test_compiled_variants_are_what_the_model_launches(run_compiled):
@@ -102,20 +104,23 @@ def test_static_roofline_meets_the_goals(tmp_path, run_compiled):
     assert all(o["ratio"] <= o["limit"] for o in limited), [o for o in limited if o["ratio"] > o["limit"]]
 
 
-def test_attention_dropout_masks_cross_no_threads(run_compiled):
-    """At head dim 64 in bf16 each Philox call's 8 elements lie in one thread of the forward, dK/dV and
-    dQ kernels (the query-key grouping): their TTGIR converts no i1 tensor between layouts (the
-    fragment grouping's dK/dV kernel converted its mask 7 times a trip)."""
-    stdout = run_compiled("""
+@pytest.mark.parametrize("model", ["base", "large-d128"])
+def test_attention_dropout_masks_cross_no_threads(run_compiled, model):
+    """At head dims 64 and 128 in bf16 each Philox call's 8 elements lie in one thread of the forward, dK/dV
+    and dQ kernels (the query-key grouping; at 128 the dQ kernel in the keys-first frame): their TTGIR
+    converts no i1 tile between layouts (the fragment grouping's dK/dV kernel converted its mask 7 times
+    a trip; the d = 128 forward's one [128, 1] row predicate, between its two matmuls' layouts in the
+    epilogue, is no mask)."""
+    stdout = run_compiled(f"""
         import re
         from bertfast.analysis import sm90
-        [scenario] = [s for s in sm90.scenarios() if s.label == "attention base bf16 varlen S=512 p=0.1"]
+        [scenario] = [s for s in sm90.scenarios() if s.label == "attention {model} bf16 varlen S=512 p=0.1"]
         seen = set()
         for launch in sm90.traced(scenario):
             if launch.kind != "triton":
                 continue
             ttgir = sm90.compile_launch(launch).asm["ttgir"]
-            masks = len(re.findall(r"ttg.convert_layout %\\S+ : tensor<[^>]*xi1", ttgir))
+            masks = sum(int(cols) > 1 for cols in re.findall(r"ttg.convert_layout %\\S+ : tensor<\\d+x(\\d+)xi1", ttgir))
             print(launch.name, "MASK_TILES" in sm90.variant_name(launch).split(), masks)
             seen.add(launch.name)
         print("kernels", len(seen))

@@ -291,21 +291,35 @@ class Sass:
     def outer_loops(self) -> list[tuple[int, int]]:
         return [lp for lp in self.loops if not any(o != lp and o[0] <= lp[0] and lp[1] <= o[1] for o in self.loops)]
 
-    def counts(self, trips: float) -> dict[int, float]:
-        """Executed count of each instruction index, every outer loop running `trips` times (the
-        kernel's loops are not nested; a nested loop is counted as running once per outer trip)."""
+    def inner_loops(self) -> list[tuple[int, int]]:
+        """The loops that hold no other loop."""
+        return [lp for lp in self.loops if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in self.loops)]
+
+    def counts(self, trips) -> dict[int, float]:
+        """Executed count of each instruction index. `trips` a number: every outer loop runs that many
+        times (a loop nested in one is counted as running once per outer trip). `trips` a pair (inner,
+        outer), for a kernel whose loop over its work runs inside another (attention's keys-first dQ: key
+        blocks inside query trips): each outer loop runs `outer` times and each loop nested in it `inner`
+        times per outer trip."""
+        inner, outer = trips if isinstance(trips, tuple) else (trips, None)
         weight = {i: 1.0 for i in range(len(self.instructions))}
         for first, last in self.outer_loops():
             for i in range(first, last + 1):
-                weight[i] = max(trips, 0.0)
+                weight[i] = max(inner if outer is None else outer, 0.0)
+        if outer is not None:
+            for first, last in self.inner_loops():
+                if (first, last) in self.outer_loops():
+                    continue
+                for i in range(first, last + 1):
+                    weight[i] = max(outer * inner, 0.0)
         return weight
 
     def executed(self, trips: float) -> float:
         return sum(self.counts(trips).values())
 
     def per_trip(self) -> int:
-        loops = self.outer_loops()
-        return sum(last - first + 1 for first, last in loops)
+        """Instructions of one trip of the kernel's innermost loops (its outer loops when none is nested)."""
+        return sum(last - first + 1 for first, last in self.inner_loops())
 
     def opcode_count(self, prefix: str, trips: float | None = None) -> float:
         weights = self.counts(trips) if trips is not None else {i: 1.0 for i in range(len(self.instructions))}
@@ -457,7 +471,13 @@ def _ptxas_spills(ptx: str) -> int:
 class Work:
     bytes: float  # minimum HBM traffic (each input read once, each output written once)
     flops: float = 0.0
-    trips: float = 0.0  # iterations of the kernel's loop, per program
+    trips: float = 0.0  # iterations of the kernel's loop, per program (of its inner loop, per outer trip)
+    outer_trips: float | None = None  # iterations of an outer loop around it, per program (Sass.counts)
+
+    @property
+    def loop_trips(self):
+        """What Sass.counts takes: the trips, or (inner, outer) for nested loops."""
+        return self.trips if self.outer_trips is None else (self.trips, self.outer_trips)
     in_flight_per_block: float = 0.0  # bytes of global loads a block has outstanding at once
     op_bytes: float = 0.0  # the minimum bytes of the whole op (for ops of several launches)
 
@@ -544,7 +564,10 @@ def _attention_work(launch: Launch, a: dict) -> Work:
         return Work(6 * act + 2 * lse, flops=8 * pairs * head_dim, trips=math.ceil(seq / a["BLOCK_M"]),
                     in_flight_per_block=2 * a["BLOCK_M"] * head_dim * q.element_size() * (max(1, _stages(launch) - 1)))
     if name.startswith("attention_bwd_dq"):  # reads q, k, v, O, dO and the lse; writes dQ and delta
+        # (keys first: a program's 128 queries in trips of BLOCK_M, each over all key blocks)
+        outer = 128 // a["BLOCK_M"] if a.get("KEYS_FIRST") else None
         return Work(6 * act + 2 * lse, flops=6 * pairs * head_dim, trips=math.ceil(seq / a["BLOCK_N"]),
+                    outer_trips=outer,
                     in_flight_per_block=2 * a["BLOCK_N"] * head_dim * q.element_size() * (max(1, _stages(launch) - 1)))
     raise KeyError(name)
 
@@ -653,8 +676,8 @@ def predict(scenario: Scenario, launch: Launch, binary: Binary, gpu=h200, work: 
     waves = blocks / (per_sm * gpu.SMS)
     warps_launched = blocks * binary.warps
     sass = binary.sass
-    executed = sass.executed(work.trips)
-    widths = sass.memory_widths(work.trips)
+    executed = sass.executed(work.loop_trips)
+    widths = sass.memory_widths(work.loop_trips)
     # Share of the bytes global memory instructions move (every lane counted) that 128-bit ones move, over
     # the activations' accesses: 64-bit ones are the int64 ids and indices these kernels read (often the
     # same address in every lane), never activations, whose elements are 16 or 32 bits.
@@ -666,15 +689,15 @@ def predict(scenario: Scenario, launch: Launch, binary: Binary, gpu=h200, work: 
     resident_warps = resident * binary.warps
     issue_rate = gpu.ISSUE_PER_S * min(1.0, resident_warps / gpu.ISSUE_PER_CLOCK_PER_SM)
     issue = executed * warps_launched / issue_rate
-    hgmma = sass.opcode_count("HGMMA", work.trips)
-    hmma = sass.opcode_count("HMMA", work.trips)
+    hgmma = sass.opcode_count("HGMMA", work.loop_trips)
+    hmma = sass.opcode_count("HMMA", work.loop_trips)
     tensor = 0.0
     if work.flops:
         if "fma" in binary.dots:
             tensor = work.flops / gpu.FP32_FMA_FLOPS
         else:
             # HGMMA.64xNx16 is issued by each of a warpgroup's 4 warps; HMMA.16816 does 16x8x16 per warp.
-            weights = sass.counts(work.trips)
+            weights = sass.counts(work.loop_trips)
             hgmma_flops = sum(w * _hgmma_flops(sass.instructions[i][1]) for i, w in weights.items()
                               if sass.instructions[i][1].startswith("HGMMA"))
             hmma_flops = 4096.0 * hmma
@@ -682,8 +705,8 @@ def predict(scenario: Scenario, launch: Launch, binary: Binary, gpu=h200, work: 
             tf32 = any(".TF32" in op for _, op, _ in sass.instructions if "MMA" in op)
             fast = gpu.TF32_MATMUL_FLOPS if tf32 else gpu.BF16_MATMUL_FLOPS
             tensor = work.flops * ((1 - share_mma) / fast + share_mma / gpu.MMA_SYNC_FLOPS)
-            tensor *= hgmma_shape_factor(sass, work.trips, fast, gpu)
-    pipes = pipe_floors(sass, work.trips, warps_launched, gpu)
+            tensor *= hgmma_shape_factor(sass, work.loop_trips, fast, gpu)
+    pipes = pipe_floors(sass, work.loop_trips, warps_launched, gpu)
     # The last wave's tail: the busiest SM runs ceil(blocks / SMs) programs, so the floors of what each SM
     # does on its own (issue, pipes, tensor cores) scale by its share over the mean; bandwidth is shared by
     # the whole GPU and does not.
@@ -767,19 +790,23 @@ def _family_goal(p: Prediction) -> tuple[str, float] | None:
 # without; each attention kernel (forward, dK/dV, dQ) at most 2x the instructions per loop trip. Held for
 # 16-bit activations (bf16/fp16 models and bf16 autocast): fp32 rows hold 4 values per 128-bit load, so
 # two threads share each 8-value Philox call (reported). The backward kernels are held where attention
-# draws its mask in the query-key grouping (MASK_TILES: head dim <= 64, 16-bit, BERT's); at head dim
-# 128 the fragment grouping's mask crosses threads in the dK/dV kernel (reported: the query-key grouping
-# needs 128 queries over one warpgroup: a thread of a 64-query warpgroup holds 2 of a call's 4 queries, and
-# the dK/dV kernel's thread 2 of its keys, so no grouping puts more than 4 of a call's 8 elements in one
-# thread of every kernel). Tried (2026-12-07, this model, S = 512): the forward at 128 x 32 over 4 warps,
-# 1 stage, fits (no spills; 106.7 against 105.3 us with dropout) and the dK/dV kernel in the query-key
-# grouping falls to 1.85x (176.0 against 191.7 us), but the dQ kernel at 128 queries over 4 warps keeps
-# its 128-register accumulator beside the loop and spills: 136 B at 32 keys a step (17 registers live
-# across the loop), 392 B at 2-3 stages, 104 B at 16 keys; a separate dQ stride or a block-pointer store
-# moved the spills into the loop. A dQ in the transposed frame (keys as the wgmma rows, as dK/dV) would
-# fit and is not built.
+# draws its mask in the query-key grouping (MASK_TILES: 16-bit, head dim 64 and 128). At head dim 128 a
+# 64-query warpgroup holds 2 of a call's 4 queries, and 128 queries over one warpgroup spill in the dQ
+# kernel (its 128-register accumulator beside the loop: 136 B at 32 keys a step, 392 B at 2-3 stages,
+# 104 B at 16 keys), so there the dQ kernel runs with dropout in the dK/dV kernel's frame (keys first,
+# attention._dq_keys_first), whose threads hold the grouping's calls whole. Its tiles differ from its
+# twin's without dropout: the ratio is per (query, key) element a warp handles in a trip.
 DROPOUT_OVERHEAD = {"residual_layer_norm_fwd_kernel": 1.5, "attention_fwd_kernel": 2.0,
                     "attention_bwd_dkdv_kernel": 2.0, "attention_bwd_dq_kernel": 2.0}
+
+
+def _trip_elements_per_warp(variant: str) -> float:
+    """(query, key) elements of one loop trip of an attention variant, per warp: BLOCK_M x BLOCK_N over its
+    warps (from variant_name)."""
+    fields = variant.split()
+    value = {f.split("=")[0]: int(f.split("=")[1]) for f in fields if f.startswith(("BLOCK_M=", "BLOCK_N="))}
+    warps = int(re.fullmatch(r"w(\d+)s\d+", fields[-1]).group(1))
+    return value["BLOCK_M"] * value["BLOCK_N"] / warps
 
 
 def dropout_overheads(predictions: list[Prediction]) -> list[tuple[str, str, float, float]]:
@@ -799,7 +826,10 @@ def dropout_overheads(predictions: list[Prediction]) -> list[tuple[str, str, flo
         if twin is None:
             continue
         if p.kernel.startswith("attention"):
-            ratio = p.instructions_per_trip / twin.instructions_per_trip
+            # per (query, key) element a warp handles in a trip: the keys-first dQ with dropout (head dim
+            # 128) runs other tiles and warps than its twin without
+            ratio = (p.instructions_per_trip / _trip_elements_per_warp(p.variant)) / \
+                (twin.instructions_per_trip / _trip_elements_per_warp(twin.variant))
         else:
             ratio = p.instructions_per_warp / twin.instructions_per_warp
         out.append((p.scenario, p.kernel, ratio, limit))

@@ -234,9 +234,7 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
         for start_m in range(0, _dkdv_trips(seqlen, BLOCK_M, PERMUTED), _dkdv_step(BLOCK_M, PERMUTED)):
             rows = _dkdv_rows(start_m, BLOCK_M, PERMUTED)
             row_ok = rows < seqlen
-            q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
-            do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
-            lse = _row_lse(LSE, stats, rows, row_ok)
+            q, do, lse = _query_rows(Q, DO, LSE, base, o_base, stats, rows, row_ok, stride_s, o_stride_s, dims)
             delta = tl.load(DELTA + stats + rows, mask=row_ok, other=0.0)  # (stored by the dQ kernel)
             kq = _dot(k, tl.trans(q), DOT_FP32, IEEE)                             # [BLOCK_N, BLOCK_M] = (Q Kᵀ)ᵀ
             # (scale and shift in one FMA; lse = +inf on rows without keys: p = 0)
@@ -266,48 +264,119 @@ def attention_bwd_dq_kernel(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, 
                             lse_stride_b, lse_stride_h, H, S,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                             VARLEN: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                            DOT_FP32: tl.constexpr, IEEE: tl.constexpr, MASK_TILES: tl.constexpr):
+                            DOT_FP32: tl.constexpr, IEEE: tl.constexpr, MASK_TILES: tl.constexpr,
+                            KEYS_FIRST: tl.constexpr = False):
     """One program per (query block, batch*head): delta = rowsum(dO * O) of its queries (stored in DELTA,
     laid out as the log-sum-exp, for the dK/dV kernel), then dQ over all key blocks. DQ shares Q's strides;
-    O and DO share theirs."""
-    pid_m, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_M, VARLEN)
+    O and DO share theirs. KEYS_FIRST (dropout in the query-key grouping at head dim 128): the transposed
+    frame of the dK/dV kernel instead (_dq_keys_first)."""
+    if KEYS_FIRST:
+        _dq_keys_first(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, SEED,
+                       stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
+                       lse_stride_b, lse_stride_h, H, S, BLOCK_M, BLOCK_N, HEAD_DIM, VARLEN, HAS_MASK,
+                       HAS_DROPOUT, DOT_FP32, IEEE)
+    else:
+        pid_m, bh, b, h, start, seqlen = _program_sequence(CU, H, S, BLOCK_M, VARLEN)
+        seed = dropout.load_seed(SEED, HAS_DROPOUT)
+        if pid_m * BLOCK_M < seqlen:
+            rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            dims = tl.arange(0, HEAD_DIM)
+            row_ok = rows < seqlen
+            base = _head_base(b, start, h, stride_b, stride_s, stride_h)
+            o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
+            stats = _stats_base(b, h, start, lse_stride_b, lse_stride_h)
+            delta = _delta(O, DO, DELTA, o_base, stats, rows, row_ok, o_stride_s, dims)
+            q, do, lse = _query_rows(Q, DO, LSE, base, o_base, stats, rows, row_ok, stride_s, o_stride_s, dims)
+            qk_scale = sm_scale * LOG2E
+            dq = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+            for start_n in range(0, seqlen, BLOCK_N):
+                k, v, valid = _key_block(K, V, MASK, base, b, stride_mb, start_n, seqlen, stride_s, dims, BLOCK_N,
+                                         HAS_MASK)
+                prob = _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32, IEEE)
+                dp = _dot(do, tl.trans(v), DOT_FP32, IEEE)
+                if HAS_DROPOUT:
+                    keep = _keep_mask(seed, bh, rows, pid_m, start_n, threshold, BLOCK_N, MASK_TILES)
+                    dp = tl.where(keep, dp * drop_scale, 0.0)
+                ds = prob * (dp - delta[:, None])
+                dq += _dot(ds.to(k.dtype), k, DOT_FP32, IEEE)
+            dq = dq * sm_scale
+            _store_tile(DQ, base, rows, row_ok, stride_s, dims, dq)
+
+
+@triton.jit
+def _query_rows(Q, DO, LSE, base, o_base, stats, rows, row_ok, stride_s, o_stride_s, dims):
+    """The backward's q and dO tiles of these rows and their log-sum-exp."""
+    q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
+    do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
+    return q, do, _row_lse(LSE, stats, rows, row_ok)
+
+
+@triton.jit
+def _key_block(K, V, MASK, base, b, stride_mb, start_n, seqlen, stride_s, dims, BLOCK_N: tl.constexpr,
+               HAS_MASK: tl.constexpr):
+    """The k and v tiles of keys start_n .. start_n + BLOCK_N - 1 and which of them are valid."""
+    cols = start_n + tl.arange(0, BLOCK_N)
+    col_ok = cols < seqlen
+    k = _load_tile(K, base, cols, col_ok, stride_s, dims)
+    v = _load_tile(V, base, cols, col_ok, stride_s, dims)
+    return k, v, _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
+
+
+@triton.jit
+def _delta(O, DO, DELTA, o_base, stats, rows, row_ok, o_stride_s, dims):
+    """delta = rowsum(dO * O) of these rows, stored in DELTA (for the dK/dV kernel) and returned as read
+    back after a barrier (the block's threads then see each other's stores), in the layout of the loop
+    that uses it: the tiles of the sum carried into the loop made the fp32 tiles spill (464 B at 32 x 32
+    over 4 warps; 209 registers and none this way). From L1/L2."""
+    o = _load_tile(O, o_base, rows, row_ok, o_stride_s, dims)
+    do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
+    tl.store(DELTA + stats + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=row_ok)
+    tl.debug_barrier()
+    return tl.load(DELTA + stats + rows, mask=row_ok, other=0.0)
+
+
+@triton.jit
+def _dq_keys_first(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, threshold, drop_scale, SEED,
+                   stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h, stride_mb,
+                   lse_stride_b, lse_stride_h, H, S, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, VARLEN: tl.constexpr, HAS_MASK: tl.constexpr,
+                   HAS_DROPOUT: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    """dQ in the dK/dV kernel's frame: [keys, queries] tiles (Sᵀ = K Qᵀ, dPᵀ = V dOᵀ) and dQᵀ += Kᵀ dSᵀ,
+    so that every matmul's M dimension is BLOCK_N keys or the head dim and each thread holds keys
+    {k, k + 8} of the query-key grouping's tiles, as in the dK/dV kernel: it draws the mask of the elements
+    it holds, with no exchange. A 64-query warpgroup in the usual frame holds only 2 of a call's 4 queries,
+    and 128 queries over one warpgroup spill at head dim 128 (the accumulator alone is 128 registers a
+    thread); here the accumulator is HEAD_DIM x BLOCK_M over all the program's warps. One program per
+    block of 128 queries, in trips of BLOCK_M queries of the grouping's tiles (dropout.tile_rows; a trip is
+    made while its first query is in the sequence), each trip its own delta and its own pass over the keys."""
+    block, bh, b, h, start, seqlen = _program_sequence(CU, H, S, 128, VARLEN)
     seed = dropout.load_seed(SEED, HAS_DROPOUT)
-    if pid_m * BLOCK_M < seqlen:
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        dims = tl.arange(0, HEAD_DIM)
+    per_block: tl.constexpr = 128 // BLOCK_M
+    trips = tl.minimum(tl.cdiv(seqlen - block * 128, BLOCK_M // 2), per_block)  # (<= 0 past the end)
+    dims = tl.arange(0, HEAD_DIM)
+    base = _head_base(b, start, h, stride_b, stride_s, stride_h)
+    o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
+    stats = _stats_base(b, h, start, lse_stride_b, lse_stride_h)
+    qk_scale = sm_scale * LOG2E
+    for trip in range(0, trips):
+        B0 = trip * (BLOCK_M // 32)
+        rows = dropout.tile_rows(block, B0, BLOCK_M // 32)
         row_ok = rows < seqlen
-        base = _head_base(b, start, h, stride_b, stride_s, stride_h)
-        o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)
-        stats = _stats_base(b, h, start, lse_stride_b, lse_stride_h)
-        o = _load_tile(O, o_base, rows, row_ok, o_stride_s, dims)
-        do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
-        tl.store(DELTA + stats + rows, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=row_ok)
-        # Then delta read back, and dO loaded again, in the layouts the loop uses (after the barrier the
-        # block's threads see each other's stores): the tiles of the sum carried into the loop made the
-        # fp32 tiles spill (464 B at 32 x 32 over 4 warps; 209 registers and none this way). Once a
-        # program, from L1/L2.
-        tl.debug_barrier()
-        delta = tl.load(DELTA + stats + rows, mask=row_ok, other=0.0)
-        q = _load_tile(Q, base, rows, row_ok, stride_s, dims)
-        do = _load_tile(DO, o_base, rows, row_ok, o_stride_s, dims)
-        lse = _row_lse(LSE, stats, rows, row_ok)
-        qk_scale = sm_scale * LOG2E
-        dq = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+        delta = _delta(O, DO, DELTA, o_base, stats, rows, row_ok, o_stride_s, dims)
+        q, do, lse = _query_rows(Q, DO, LSE, base, o_base, stats, rows, row_ok, stride_s, o_stride_s, dims)
+        dq_t = tl.zeros((HEAD_DIM, BLOCK_M), tl.float32)
         for start_n in range(0, seqlen, BLOCK_N):
-            cols = start_n + tl.arange(0, BLOCK_N)
-            col_ok = cols < seqlen
-            k = _load_tile(K, base, cols, col_ok, stride_s, dims)
-            v = _load_tile(V, base, cols, col_ok, stride_s, dims)
-            valid = _key_valid(MASK, b, stride_mb, cols, seqlen, HAS_MASK)
-            prob = _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32, IEEE)
-            dp = _dot(do, tl.trans(v), DOT_FP32, IEEE)
+            k, v, valid = _key_block(K, V, MASK, base, b, stride_mb, start_n, seqlen, stride_s, dims, BLOCK_N,
+                                     HAS_MASK)
+            kq = _dot(k, tl.trans(q), DOT_FP32, IEEE)                                 # [BLOCK_N, BLOCK_M]
+            prob_t = tl.where(valid[:, None], tl.math.exp2(kq * qk_scale - lse[None, :]), 0.0)
+            dp_t = _dot(v, tl.trans(do), DOT_FP32, IEEE)
             if HAS_DROPOUT:
-                keep = _keep_mask(seed, bh, rows, pid_m, start_n, threshold, BLOCK_N, MASK_TILES)
-                dp = tl.where(keep, dp * drop_scale, 0.0)
-            ds = prob * (dp - delta[:, None])
-            dq += _dot(ds.to(k.dtype), k, DOT_FP32, IEEE)
-        dq = dq * sm_scale
-        _store_tile(DQ, base, rows, row_ok, stride_s, dims, dq)
+                keep_t = dropout.tile_keep(seed, block, B0, BLOCK_M // 32, start_n, bh, threshold, BLOCK_N, True)
+                dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
+            ds_t = prob_t * (dp_t - delta[None, :])
+            dq_t += _dot(tl.trans(k), ds_t.to(k.dtype), DOT_FP32, IEEE)             # [HEAD_DIM, BLOCK_M]
+        _store_tile(DQ, base, rows, row_ok, stride_s, dims, tl.trans(dq_t * sm_scale))
 
 
 @triton.jit
@@ -388,12 +457,13 @@ def attention_forward(q, k, v, mask, cu_seqlens, max_seqlen: int, scale: float, 
     o_stride_h, o_stride_b, o_stride_s = _grid_args(out, flags["VARLEN"])
     if batch * heads == 0 or seq == 0:
         return out.zero_(), lse
-    attention_fwd_kernel[_grid(seq, cfg.fwd_m, batch * heads, "attention")](
+    fwd_m, fwd_n = cfg.fwd_tiles(p > 0)
+    attention_fwd_kernel[_grid(seq, fwd_m, batch * heads, "attention")](
         q, k, v, out, lse, mask if mask is not None else dummy, cu_seqlens if cu_seqlens is not None else dummy,
         scale, dropout.threshold(p), dropout.keep_scale(p), _seed_arg(seed, dummy), stride_b, stride_s, stride_h,
         o_stride_b, o_stride_s, o_stride_h, mask.stride(0) if mask is not None else 0, *lse_strides, heads, seq,
-        BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n, HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags,
-        **cfg.options("fwd"))
+        BLOCK_M=fwd_m, BLOCK_N=fwd_n, HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags,
+        **cfg.options("fwd", p > 0))
     return out, lse
 
 
@@ -421,9 +491,11 @@ def attention_backward(do, q, k, v, out, lse, mask, cu_seqlens, max_seqlen: int,
               _seed_arg(seed, dummy), stride_b, stride_s, stride_h, o_stride_b, o_stride_s, o_stride_h,
               mask.stride(0) if mask is not None else 0, *lse_strides, heads, seq)
     dq_m, dq_n = cfg.dq_tiles(p > 0)
-    attention_bwd_dq_kernel[_grid(seq, dq_m, batch * heads, "attention backward")](  # (first: it writes delta)
+    keys_first = p > 0 and cfg.dq_keys_first  # (one program per 128 queries, in trips of dq_m)
+    attention_bwd_dq_kernel[_grid(seq, 128 if keys_first else dq_m, batch * heads, "attention backward")](
         q, k, v, out, do, dq, lse, delta, *common, BLOCK_M=dq_m, BLOCK_N=dq_n, HEAD_DIM=head_dim,
-        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq", p > 0))
+        HAS_DROPOUT=p > 0, **flags, **({"KEYS_FIRST": True} if keys_first else {}), **cfg.options("dq", p > 0))
+    # (the dQ kernel first: it writes delta)
     attention_bwd_dkdv_kernel[_grid(seq, cfg.dkdv_keys, batch * heads, "attention backward")](
         q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
         HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))

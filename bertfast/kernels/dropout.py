@@ -16,15 +16,16 @@ and forward and backward kernels that name the same (seed, row, col, stream) dra
                                           l = 0..7 -> w0 lo, w2 lo, w1 lo, w3 lo, w0 hi, w2 hi, w1 hi, w3 hi
   accumulator fragments (fragment_keep:   col = 32 a + 8 j + 2 c + e takes group 4 a + c, word j, half e
   attention's P, the interpreter's and
-  the fp32 / head dim 128 tiles)
+  the fp32 tiles)
   query-key tiles (tile_keep: attention's query q = 128 A + 64 x + 16 B + 8 y + z and key
-  P at head dim <= 64, 16-bit)            k = 16 C + 8 u + v take the call c0 = 64 A + 8 B + z, c1 = 8 C + v,
+  P in 16-bit, on the GPU's tiles)        k = 16 C + 8 u + v take the call c0 = 64 A + 8 B + z, c1 = 8 C + v,
                                           c3 = 1, word 2 x + y, half u
 
 The query-key grouping is for the backward: a thread of the dK/dV kernel, which holds Pᵀ (keys as the
 accumulator's rows), holds keys {k, k + 8} and queries of one residue mod 8; a thread of the forward or
 dQ kernel (128 queries over one warpgroup) holds queries {q, q + 8, q + 64, q + 72} and keys of two
-residues mod 8. Each call's 8 elements, queries {q, q+8, q+64, q+72} x keys {k, k+8}, lie in one thread
+residues mod 8 (at head dim 128, where a dQ kernel of 128 queries over one warpgroup spills, the dQ
+kernel works in the dK/dV kernel's frame: attention._dq_keys_first). Each call's 8 elements, queries {q, q+8, q+64, q+72} x keys {k, k+8}, lie in one thread
 in all three kernels: no thread exchanges mask bits (the fragment grouping's 8 keys of one query cross
 threads in the transposed frame). c3 = 1 keeps its calls apart from the other groupings'. The query
 group is c0 because a forward thread's calls share their queries: Philox's first round multiplies c0

@@ -164,12 +164,26 @@ class AttentionConfig:
     # ptxas' register cap (maxnreg) of the forward, dK/dV and dQ kernels; None: ptxas' own choice
     max_registers: tuple[int | None, int | None, int | None] = (None, None, None)
     # dropout's grouping: the query-key tiles (dropout.tile_keep; forward and dQ at 128 queries over one
-    # warpgroup, dK/dV trips of 32, 64 or 128 queries) or the fragment grouping (dropout.fragment_keep)
+    # warpgroup, or dQ keys first; dK/dV trips of 32, 64 or 128 queries) or the fragment grouping
+    # (dropout.fragment_keep)
     mask_tiles: bool = False
     # the dQ kernel's (queries, keys, stages) with dropout where they differ from (dq_queries, dq_keys,
     # dq_stages): the query-key grouping needs 128 queries per program; without dropout 64 x 64 is faster
     # (sm90 model)
     dq_dropout_tiles: tuple[int, int, int] | None = None
+    # with dropout, the dQ kernel in the dK/dV kernel's frame (attention._dq_keys_first: programs of 128
+    # queries in trips of dq_dropout_tiles' queries, its keys the matmuls' M dimension) on this many warps
+    dq_keys_first: bool = False
+    dq_dropout_warps: int | None = None
+    # the forward's (queries, keys, warps, stages) with dropout where they differ from fwd_m, fwd_n,
+    # fwd_warps, fwd_stages (head dim 128: the query-key grouping's 128 queries over one warpgroup)
+    fwd_dropout_tiles: tuple[int, int, int, int] | None = None
+
+    def fwd_tiles(self, dropout: bool) -> tuple[int, int]:
+        """(query rows per program, keys per step) of the forward kernel."""
+        if dropout and self.fwd_dropout_tiles is not None:
+            return self.fwd_dropout_tiles[:2]
+        return self.fwd_m, self.fwd_n
 
     def dq_tiles(self, dropout: bool) -> tuple[int, int]:
         """(query rows per program, keys per step) of the dQ kernel."""
@@ -181,8 +195,11 @@ class AttentionConfig:
         """Launch options of kernel 'fwd', 'dkdv' or 'dq' (with or without dropout: dq_dropout_tiles)."""
         index = ("fwd", "dkdv", "dq").index(kernel)
         dq_stages = self.dq_dropout_tiles[2] if dropout and self.dq_dropout_tiles is not None else self.dq_stages
-        out = {"num_warps": (self.fwd_warps, self.dkdv_warps, self.dq_warps)[index],
-               "num_stages": (self.fwd_stages, self.dkdv_stages, dq_stages)[index]}
+        dq_warps = self.dq_dropout_warps if dropout and self.dq_dropout_warps is not None else self.dq_warps
+        fwd_warps, fwd_stages = (self.fwd_dropout_tiles[2:] if dropout and self.fwd_dropout_tiles is not None
+                                 else (self.fwd_warps, self.fwd_stages))
+        out = {"num_warps": (fwd_warps, self.dkdv_warps, dq_warps)[index],
+               "num_stages": (fwd_stages, self.dkdv_stages, dq_stages)[index]}
         if self.max_registers[index] is not None and not interpreted():
             out["maxnreg"] = self.max_registers[index]
         return out
@@ -211,5 +228,12 @@ def attention_config(head_dim: int, dtype, seq: int = 512) -> AttentionConfig:
         # 64 spill; the forward at 2 stages, as 3 spill with dropout and a key mask)
         return AttentionConfig(128, 64, 4, 2, 64, 64, 4, 2, 64, 64, 4, 2, mask_tiles=True, dq_dropout_tiles=(128, 32, 4))
     # d = 128: dK/dV accumulators of 128 keys x 128 over two warpgroups (64 keys each hold 128 registers a
-    # thread and spill)
-    return AttentionConfig(128, 64, 8, 2, 128, 32, 8, 1, 64, 64, 4, 1)
+    # thread and spill). With dropout the query-key grouping as at d = 64, so the dK/dV kernel draws its
+    # own mask (1.85x the instructions a trip without dropout, against 2.29x with the fragment grouping's
+    # exchange): the forward at 128 queries over one warpgroup, 32 keys a step, 1 stage (2 stages spill
+    # 16 B); dQ in the dK/dV kernel's frame, 128 keys over 8 warps a step, trips of 64 queries (128
+    # queries over one warpgroup in the usual frame spill 104-392 B: bertfast.analysis.sm90's note on
+    # DROPOUT_OVERHEAD). Without dropout the forward stays at 128 x 64 over 8 warps (2-5% faster by the
+    # sm90 model at S = 512-2048).
+    return AttentionConfig(128, 64, 8, 2, 128, 32, 8, 1, 64, 64, 4, 1, mask_tiles=True, fwd_dropout_tiles=(128, 32, 4, 1),
+                           dq_dropout_tiles=(64, 128, 1), dq_keys_first=True, dq_dropout_warps=8)

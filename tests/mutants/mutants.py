@@ -298,23 +298,42 @@ MUTANTS = [
            "tl.store(DELTA + stats + rows, tl.sum(do.to(tl.float32) * do.to(tl.float32), 1), mask=row_ok)",
            ("tests/test_attention.py", "-k padded_matches")),
     Mutant("attention backward: dK/dV launched before the dQ kernel has written delta", ATT,
-           """    dq_m, dq_n = cfg.dq_tiles(p > 0)
-    attention_bwd_dq_kernel[_grid(seq, dq_m, batch * heads, "attention backward")](  # (first: it writes delta)
+           """    keys_first = p > 0 and cfg.dq_keys_first  # (one program per 128 queries, in trips of dq_m)
+    attention_bwd_dq_kernel[_grid(seq, 128 if keys_first else dq_m, batch * heads, "attention backward")](
         q, k, v, out, do, dq, lse, delta, *common, BLOCK_M=dq_m, BLOCK_N=dq_n, HEAD_DIM=head_dim,
-        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq", p > 0))
+        HAS_DROPOUT=p > 0, **flags, **({"KEYS_FIRST": True} if keys_first else {}), **cfg.options("dq", p > 0))
+    # (the dQ kernel first: it writes delta)
     attention_bwd_dkdv_kernel[_grid(seq, cfg.dkdv_keys, batch * heads, "attention backward")](
         q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
         HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))
 """,
-           """    dq_m, dq_n = cfg.dq_tiles(p > 0)
+           """    keys_first = p > 0 and cfg.dq_keys_first  # (one program per 128 queries, in trips of dq_m)
     attention_bwd_dkdv_kernel[_grid(seq, cfg.dkdv_keys, batch * heads, "attention backward")](
         q, k, v, do, dk, dv, lse, delta, *common, BLOCK_M=cfg.dkdv_queries, BLOCK_N=cfg.dkdv_keys,
         HEAD_DIM=head_dim, HAS_DROPOUT=p > 0, **flags, **cfg.options("dkdv"))
-    attention_bwd_dq_kernel[_grid(seq, dq_m, batch * heads, "attention backward")](
+    attention_bwd_dq_kernel[_grid(seq, 128 if keys_first else dq_m, batch * heads, "attention backward")](
         q, k, v, out, do, dq, lse, delta, *common, BLOCK_M=dq_m, BLOCK_N=dq_n, HEAD_DIM=head_dim,
-        HAS_DROPOUT=p > 0, **flags, **cfg.options("dq", p > 0))
+        HAS_DROPOUT=p > 0, **flags, **({"KEYS_FIRST": True} if keys_first else {}), **cfg.options("dq", p > 0))
 """,
            ("tests/test_attention.py", "-k padded_matches")),
+    # --- the keys-first dQ (head dim 128, 16-bit, dropout: the query-key grouping in every kernel) -------
+    Mutant("keys-first dQ: a last block's trips counted in whole trips (a block of 40 queries loses 32..39)",
+           ATT, "trips = tl.minimum(tl.cdiv(seqlen - block * 128, BLOCK_M // 2), per_block)",
+           "trips = tl.minimum(tl.cdiv(seqlen - block * 128, BLOCK_M), per_block)",
+           ("tests/test_attention.py", "-k gpu_tiles_with_dropout")),
+    Mutant("keys-first dQ: every trip draws the first trip's mask", ATT,
+           "keep_t = dropout.tile_keep(seed, block, B0, BLOCK_M // 32, start_n, bh, threshold, BLOCK_N, True)",
+           "keep_t = dropout.tile_keep(seed, block, 0, BLOCK_M // 32, start_n, bh, threshold, BLOCK_N, True)",
+           ("tests/test_dropout_exact.py", "-k attention_masks_exact and bfloat16 and 128")),
+    Mutant("keys-first dQ: dropout's scale dropped from dP", ATT,
+           """                keep_t = dropout.tile_keep(seed, block, B0, BLOCK_M // 32, start_n, bh, threshold, BLOCK_N, True)
+                dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)""",
+           """                keep_t = dropout.tile_keep(seed, block, B0, BLOCK_M // 32, start_n, bh, threshold, BLOCK_N, True)
+                dp_t = tl.where(keep_t, dp_t, 0.0)""",
+           ("tests/test_attention.py", "-k gpu_tiles_with_dropout")),
+    Mutant("model: a nested loop counted once per outer trip", "bertfast/analysis/sm90.py",
+           "weight[i] = max(outer * inner, 0.0)", "weight[i] = max(outer, 0.0)",
+           ("tests/test_calibration.py", "-k nested")),
     Mutant("trace: a Triton launch's record holds its real tensors (AccumulateGrad then clones gradients)",
            "bertfast/analysis/trace.py",
            "args=_kept(args, memo),\n                             kwargs=_kept(kwargs, memo)",
@@ -347,7 +366,8 @@ MUTANTS = [
            "prob = tl.math.exp2(qk * qk_scale - m_safe[:, None])", "prob = tl.math.exp2(qk - m_safe[:, None])",
            ("tests/test_attention.py", "-k padded_matches")),
     Mutant("dK/dV: the scale dropped from the recomputed probabilities", ATT,
-           "tl.math.exp2(kq * qk_scale - lse[None, :])", "tl.math.exp2(kq - lse[None, :])",
+           "p = 0)\n            prob_t = tl.where(valid[:, None], tl.math.exp2(kq * qk_scale - lse[None, :]), 0.0)",
+           "p = 0)\n            prob_t = tl.where(valid[:, None], tl.math.exp2(kq - lse[None, :]), 0.0)",
            ("tests/test_attention.py", "-k padded_matches")),
     Mutant("attention: a non-positive softmax_scale let through to the one-FMA kernels", "bertfast/ops/attention.py",
            "if not (math.isfinite(scale) and scale > 0):", "if not math.isfinite(scale):",
@@ -368,8 +388,8 @@ MUTANTS = [
            "tl.minimum(tl.cdiv(seqlen % 128, BLOCK_M // 2), per_block)", "tl.minimum(tl.cdiv(seqlen % 128, BLOCK_M), per_block)",
            ("tests/test_dropout_exact.py", "-k attention_masks_exact and float16-64-168")),
     Mutant("dK/dV query-key trips: the second trip of a block reads the first's queries", ATT,
-           "rows = dropout.tile_rows(block, B0, BLOCK_M // 32)",
-           "rows = dropout.tile_rows(block, 0, BLOCK_M // 32)",
+           "_dkdv_tile(start_m, BLOCK_M)\n        rows = dropout.tile_rows(block, B0, BLOCK_M // 32)",
+           "_dkdv_tile(start_m, BLOCK_M)\n        rows = dropout.tile_rows(block, 0, BLOCK_M // 32)",
            ("tests/test_dropout_exact.py", "-k attention_masks_exact and bfloat16-64-137")),
     # --- bf16 on the CPU (issue: as fast on a CPU as the best CPU runtimes) -----------------------------
     Mutant("optimize(dtype=bf16): the outputs handed on in bf16, not fp32", "bertfast/integrations/transformers.py",
