@@ -192,7 +192,8 @@ class AttentionConfig:
         return self.dq_queries, self.dq_keys
 
     def options(self, kernel: str, dropout: bool = False) -> dict:
-        """Launch options of kernel 'fwd', 'dkdv' or 'dq' (with or without dropout: dq_dropout_tiles)."""
+        """Launch options of kernel 'fwd', 'dkdv' or 'dq' (with or without dropout: fwd_dropout_tiles,
+        dq_dropout_tiles, dq_dropout_warps)."""
         index = ("fwd", "dkdv", "dq").index(kernel)
         dq_stages = self.dq_dropout_tiles[2] if dropout and self.dq_dropout_tiles is not None else self.dq_stages
         dq_warps = self.dq_dropout_warps if dropout and self.dq_dropout_warps is not None else self.dq_warps

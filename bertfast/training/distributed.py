@@ -68,10 +68,11 @@ def setup(device: str | None) -> Dist:
 
 
 def teardown(d: Dist) -> None:
-    """Free what still holds the process group (a DistributedDataParallel wrapper sits in a reference cycle
-    and outlives the training loop until a garbage collection), then destroy it while the interpreter is
-    whole: left to the interpreter's exit, gloo's threads met a half-finalised process (seen once in CI: a
-    rank aborted with "terminate called without an active exception" after its last step)."""
+    """Free what still holds the process group, then destroy it. A DistributedDataParallel wrapper sits in
+    a reference cycle and outlives the training loop until a garbage collection (seen under torchrun: alive
+    at teardown on every rank), so its reducer let go of the group only at a later collection or at the
+    interpreter's exit, after destroy_process_group: the likely cause of a rank that CI once saw abort
+    after its last step ("terminate called without an active exception"; not reproduced here)."""
     if d.active and dist.is_initialized():
         gc.collect()
         dist.barrier()
