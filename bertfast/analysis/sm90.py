@@ -473,13 +473,13 @@ class Work:
     flops: float = 0.0
     trips: float = 0.0  # iterations of the kernel's loop, per program (of its inner loop, per outer trip)
     outer_trips: float | None = None  # iterations of an outer loop around it, per program (Sass.counts)
+    in_flight_per_block: float = 0.0  # bytes of global loads a block has outstanding at once
+    op_bytes: float = 0.0  # the minimum bytes of the whole op (for ops of several launches)
 
     @property
     def loop_trips(self):
         """What Sass.counts takes: the trips, or (inner, outer) for nested loops."""
         return self.trips if self.outer_trips is None else (self.trips, self.outer_trips)
-    in_flight_per_block: float = 0.0  # bytes of global loads a block has outstanding at once
-    op_bytes: float = 0.0  # the minimum bytes of the whole op (for ops of several launches)
 
 
 def _b(t) -> int:
