@@ -13,6 +13,8 @@ holds those rows of dO already) and storing it, then dK/dV over key blocks, whic
 recompute P from q, k and the saved log-sum-exp (no atomics: deterministic). The
 dK/dV kernel works transposed (Pᵀ = exp(K Qᵀ - lse)), so that all its matmuls have the program's keys
 as their M dimension: 64 or more rows, which sm_90 runs on wgmma (Triton picks mma.sync below 64).
+With dropout at head dim 128 the dQ kernel works in that frame too (_dq_keys_first: dQᵀ += Kᵀ dSᵀ), so
+that every kernel's threads draw their own dropout bits (kernels/dropout.py).
 Dropout keeps P[q, k] by bertfast.kernels.dropout with row = q (the query's position in its sequence),
 column = k, stream = b * heads + h: the same mask in the forward and in both backward kernels.
 """
