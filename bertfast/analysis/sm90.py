@@ -307,8 +307,9 @@ class Sass:
             for i in range(first, last + 1):
                 weight[i] = max(inner if outer is None else outer, 0.0)
         if outer is not None:
+            outermost = set(self.outer_loops())
             for first, last in self.inner_loops():
-                if (first, last) in self.outer_loops():
+                if (first, last) in outermost:
                     continue
                 for i in range(first, last + 1):
                     weight[i] = max(outer * inner, 0.0)

@@ -110,11 +110,18 @@ def _dkdv_trips(seqlen, BLOCK_M: tl.constexpr, PERMUTED: tl.constexpr):
     the query-key grouping's tiles (dropout.tile_rows: a block of 128 queries in 128 / BLOCK_M trips,
     each trip holding queries q and q + 64; a trip is made while its first query is in the sequence)."""
     if PERMUTED:
-        per_block: tl.constexpr = 128 // BLOCK_M
-        trips = (seqlen // 128) * per_block + tl.minimum(tl.cdiv(seqlen % 128, BLOCK_M // 2), per_block)
+        trips = (seqlen // 128) * (128 // BLOCK_M) + _block_trips(seqlen % 128, BLOCK_M)
     else:
         trips = seqlen  # (the loop's end: it steps by BLOCK_M queries)
     return trips
+
+
+@triton.jit
+def _block_trips(rows_left, BLOCK_M: tl.constexpr):
+    """Trips of BLOCK_M queries of the query-key grouping's tiles (dropout.tile_rows) that a block of 128
+    queries needs when rows_left of its queries are in the sequence: each trip holds queries q and q + 64,
+    and is made while its first query is in the sequence (<= 0 for a block past the end)."""
+    return tl.minimum(tl.cdiv(rows_left, BLOCK_M // 2), 128 // BLOCK_M)
 
 
 @triton.jit
@@ -353,8 +360,7 @@ def _dq_keys_first(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, threshold
     made while its first query is in the sequence), each trip its own delta and its own pass over the keys."""
     block, bh, b, h, start, seqlen = _program_sequence(CU, H, S, 128, VARLEN)
     seed = dropout.load_seed(SEED, HAS_DROPOUT)
-    per_block: tl.constexpr = 128 // BLOCK_M
-    trips = tl.minimum(tl.cdiv(seqlen - block * 128, BLOCK_M // 2), per_block)  # (<= 0 past the end)
+    trips = _block_trips(seqlen - block * 128, BLOCK_M)
     dims = tl.arange(0, HEAD_DIM)
     base = _head_base(b, start, h, stride_b, stride_s, stride_h)
     o_base = _head_base(b, start, h, o_stride_b, o_stride_s, o_stride_h)

@@ -159,6 +159,11 @@ _attention_qkv = FusedOp("bertfast::attention_qkv", _qkv_forward_impl, _qkv_forw
                          _qkv_backward)
 
 
+def _kernel_mask(key_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The key mask as the padded kernels read it: int8, contiguous."""
+    return key_mask.to(torch.int8).contiguous() if key_mask is not None else None
+
+
 def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """t with ref's strides (the kernels address both through one set of strides)."""
     if t.stride() == ref.stride():
@@ -210,8 +215,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention
     if not _backend.use_triton(q):
         return _attention_reference(q, k, v, key_mask, scale, p)
     q, k, v = (_canonical_padded(t) for t in (q, k, v))
-    mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else None
-    out, _ = _attention(q, k, v, mask, None, seq, scale, p, dropout_seed(p, seed, q.device))
+    out, _ = _attention(q, k, v, _kernel_mask(key_mask), None, seq, scale, p, dropout_seed(p, seed, q.device))
     return out
 
 
@@ -289,8 +293,7 @@ def fused_attention_qkv(qkv: torch.Tensor, attention_mask: torch.Tensor | None =
     check_same_device(qkv=qkv, attention_mask=attention_mask)
     batch, seq = qkv.shape[:2]
     key_mask = None if attention_mask is None else check_attention_mask(attention_mask, batch, seq)
-    mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else None
-    out, _ = _attention_qkv(qkv, mask, None, seq, scale, p, dropout_seed(p, seed, qkv.device))
+    out, _ = _attention_qkv(qkv, _kernel_mask(key_mask), None, seq, scale, p, dropout_seed(p, seed, qkv.device))
     return out
 
 
