@@ -29,12 +29,13 @@ def stub_kernels(monkeypatch):
     import bertfast.kernels.embedding_sum as embedding_sum
     import bertfast.kernels.layer_norm as layer_norm
 
-    def ln_forward(x, residual, w, b, eps, p, seed):
+    def ln_forward(x, residual, w, b, eps, p, seed, x_bias=None):
         out = torch.empty_like(x if residual is None else residual)
         return out, x.new_empty(x.shape[0], dtype=torch.float32), x.new_empty(x.shape[0], dtype=torch.float32)
 
-    def ln_backward(dy, x, residual, w, b, mean, rstd, p, seed):
-        return torch.empty_like(x), x.new_empty(0), torch.empty_like(w), torch.empty_like(b)
+    def ln_backward(dy, x, residual, w, b, mean, rstd, p, seed, x_bias=None):
+        return (torch.empty_like(x), x.new_empty(0), torch.empty_like(w), torch.empty_like(b),
+                torch.empty_like(x_bias) if x_bias is not None else None)
 
     def attention_forward(q, k, v, mask, cu, max_seqlen, scale, p, seed):
         rows = (cu.shape[0] - 1) * q.shape[1] if cu is not None else q.shape[0] * q.shape[1]

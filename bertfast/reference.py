@@ -26,9 +26,12 @@ def dropout_mask_ref(shape, p: float, seed: int, device=None):
 
 
 def residual_layer_norm_ref(x, residual, weight, bias, eps, dropout_mask=None, dropout_p: float = 0.0,
-                            dropout_scale: float | None = None):
-    """LayerNorm(dropout(x) + residual), with the dropout given as an explicit keep-mask; kept values are
-    scaled by dropout_scale (default 1 / (1 - p); the kernels' exact one is kernels.dropout.keep_scale)."""
+                            dropout_scale: float | None = None, x_bias=None):
+    """LayerNorm(dropout(x + x_bias) + residual), with the dropout given as an explicit keep-mask; kept
+    values are scaled by dropout_scale (default 1 / (1 - p); the kernels' exact one is
+    kernels.dropout.keep_scale)."""
+    if x_bias is not None:
+        x = x + x_bias
     if dropout_mask is not None:
         scale = dropout_scale if dropout_scale is not None else 1.0 / (1.0 - dropout_p)
         x = x * dropout_mask.to(x.dtype) * scale

@@ -209,7 +209,7 @@ def layer_norm_masks(rows, n, dtype, device="cpu"):
     xr = torch.randn(rows, n, generator=g).to(device=device, dtype=dtype)
     dy = torch.randn(rows, n, generator=g).to(device=device, dtype=dtype)
     _, mean, rstd = residual_layer_norm_forward(xr, None, None, None, 1e-5, P, seed)
-    dh, dx, _, _ = residual_layer_norm_backward(dy, xr, None, None, None, mean, rstd, P, seed)
+    dh, dx, _, _, _ = residual_layer_norm_backward(dy, xr, None, None, None, mean, rstd, P, seed)
     dh, dx = dh.float().cpu(), dx.float().cpu()
     assert n == 1 or (dh != 0).all(), "the read-back needs dh != 0 everywhere"
     return forward.numpy(), (dx != 0).numpy()

@@ -56,9 +56,12 @@ def inputs(layout="right", b=3, s=11, choices=None, seed=1):
 
 
 def assert_grads_match(fast, stock):
-    """Every parameter gradient of the optimised model as the stock model's (1e-5 absolute, 1e-4 relative)."""
+    """Every parameter gradient of the optimised model as the stock model's (1e-5 absolute, 1e-4 relative),
+    and a gradient exactly where the stock model has one."""
     stock_grads = dict(stock.named_parameters())
     for key, p in fast.named_parameters():
+        assert (p.grad is None) == (stock_grads[key].grad is None), \
+            f"{key}: gradient {'missing' if p.grad is None else 'present'} where the stock model's is not"
         if p.grad is not None:
             torch.testing.assert_close(p.grad, stock_grads[key].grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
 

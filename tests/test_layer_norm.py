@@ -20,37 +20,45 @@ def triton_backend(backend):
     backend("triton")
 
 
-def inputs(rows, n, dtype, device="cpu", residual=True, affine=True, seed=0):
+def inputs(rows, n, dtype, device="cpu", residual=True, affine=True, seed=0, x_bias=False):
+    """x, residual, weight, bias (and x_bias when asked: fp32, as a linear layer's bias under autocast)."""
     g = torch.Generator().manual_seed(seed + rows * 31 + n)
     x = (torch.randn(rows, n, generator=g) * 3 + 1).to(device=device, dtype=dtype).requires_grad_()
     r = torch.randn(rows, n, generator=g).to(device=device, dtype=dtype).requires_grad_() if residual else None
     w = (torch.randn(n, generator=g) * 0.5 + 1).to(device).requires_grad_() if affine else None
     b = torch.randn(n, generator=g).to(device).requires_grad_() if affine else None
-    return x, r, w, b
+    if not x_bias:
+        return x, r, w, b
+    return x, r, w, b, (torch.randn(n, generator=g) - 2).to(device).requires_grad_()
 
 
 def check(rows, n, dtype=torch.float32, device="cpu", residual=True, affine=True, p=0.0, seed=1234,
-          ref_dtype=torch.float32):
-    x, r, w, b = inputs(rows, n, dtype, device, residual, affine)
-    leaves = [t for t in (x, r, w, b) if t is not None]
-    y = ops.fused_residual_layer_norm(x, r, w, b, 1e-12, dropout_p=p, training=p > 0, seed=seed)
+          ref_dtype=torch.float32, x_bias=False):
+    """The op's output and every gradient against residual_layer_norm_ref given the kernels' own mask; with
+    x_bias, the linear layer's bias folded in (x_bias's gradient is a sum over rows, as dweight's)."""
+    x, r, w, b, *xb = inputs(rows, n, dtype, device, residual, affine, x_bias=x_bias)
+    xb = xb[0] if xb else None
+    leaves = [t for t in (x, r, w, b, xb) if t is not None]
+    y = ops.fused_residual_layer_norm(x, r, w, b, 1e-12, dropout_p=p, training=p > 0, seed=seed, x_bias=xb)
     dy = torch.randn(rows, n, generator=torch.Generator().manual_seed(5)).to(device=device, dtype=dtype)
     grads = torch.autograd.grad(y, leaves, dy)
     mask = dropout_keep_mask(rows, n, p, seed, device) if p > 0 else None
     ref_leaves = [t.detach().to(ref_dtype).requires_grad_() for t in leaves]
     it = iter(ref_leaves)
     xr, rr, wr, br = next(it), next(it) if residual else None, next(it) if affine else None, next(it) if affine else None
-    yr = residual_layer_norm_ref(xr, rr, wr, br, 1e-12, dropout_mask=mask, dropout_scale=keep_scale(p))
+    xbr = next(it) if x_bias else None
+    yr = residual_layer_norm_ref(xr, rr, wr, br, 1e-12, dropout_mask=mask, dropout_scale=keep_scale(p), x_bias=xbr)
     ref_grads = [g.float() for g in torch.autograd.grad(yr, ref_leaves, dy.to(ref_dtype))]
     yr = yr.float()
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else LOW_TOL[dtype]
     assert y.dtype == dtype
     torch.testing.assert_close(y.float(), yr, **tol)
-    names = ["x", "residual", "weight", "bias"] if residual else ["x", "weight", "bias"]
-    names = [n_ for n_ in names if affine or n_ in ("x", "residual")]
+    names = ["x", "residual", "weight", "bias", "x_bias"] if residual else ["x", "weight", "bias", "x_bias"]
+    names = [n_ for n_ in names if (affine or n_ not in ("weight", "bias")) and (x_bias or n_ != "x_bias")]
+    assert len(names) == len(grads)
     for name, got, want in zip(names, grads, ref_grads):
         t = dict(tol)
-        if name in ("weight", "bias"):
+        if name in ("weight", "bias", "x_bias"):
             t["atol"] = tol["atol"] * max(1.0, rows ** 0.5)  # sums over rows
         torch.testing.assert_close(got.float(), want, **t, msg=lambda m: f"d{name}: {m}")
     return y
@@ -60,6 +68,19 @@ def check(rows, n, dtype=torch.float32, device="cpu", residual=True, affine=True
 @pytest.mark.parametrize("n", [384, 768, 1000, 1024])
 def test_fp32_residual(rows, n):
     check(rows, n)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 130])
+@pytest.mark.parametrize("n", [384, 768, 1000])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_x_bias(rows, n, p):
+    """The linear layer's bias folded in (BERT's attention-output and output projections): added before the
+    dropout, its gradient the column sums of dx (through the dropout) from the backward's partials."""
+    check(rows, n, p=p, x_bias=True)
+
+
+def test_x_bias_without_residual_or_affine():
+    check(7, 1000, residual=False, affine=False, p=0.3, x_bias=True)
 
 
 @pytest.mark.parametrize("n", [384, 1000, 8192])
@@ -116,6 +137,7 @@ def test_hidden_below_one_dropout_group(n):
     so an fp32 reference's rounding of h - mean (~1e-8) shows as 1e-2 in dweight."""
     check(7, n, p=0.3, ref_dtype=torch.float64)
     check(3, n, residual=False, p=0.3, ref_dtype=torch.float64)
+    check(5, n, p=0.3, ref_dtype=torch.float64, x_bias=True)
 
 
 @pytest.mark.parametrize("tiles", ["interpreter", "gpu"])
@@ -125,6 +147,7 @@ def test_wide_rows_with_dropout(monkeypatch, tiles, residual):
     2,048 under the GPU's; more rows than programs, so a program's partial row is accumulated over rows."""
     monkeypatch.setenv("BERTFAST_GPU_TILES", "1" if tiles == "gpu" else "0")
     check(9, 8192, residual=residual, p=0.1)
+    check(9, 8192, residual=residual, p=0.1, x_bias=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -134,6 +157,7 @@ def test_gpu_tile_configurations(monkeypatch, dtype, n):
     persistent programs an SM by dtype; one row of up to 16 warps past 1,024 columns) under the interpreter."""
     monkeypatch.setenv("BERTFAST_GPU_TILES", "1")
     check(13, n, dtype, p=0.1)
+    check(13, n, dtype, p=0.1, x_bias=True)  # as BERT's projections launch it
 
 
 def test_dropout_properties():
@@ -173,6 +197,8 @@ def test_bad_arguments():
         ops.fused_residual_layer_norm(x, None, None, None, 1e-5, dropout_p=1.0, training=True)
     with pytest.raises(ValueError, match="residual has shape"):
         ops.fused_residual_layer_norm(x, torch.randn(3, 9), None, None, 1e-5)
+    with pytest.raises(ValueError, match=r"x_bias has shape \(9,\) but x's last dimension is 8"):
+        ops.fused_residual_layer_norm(x, None, None, None, 1e-5, x_bias=torch.zeros(9))
     with pytest.raises(ValueError, match="weight has shape"):
         ops.fused_residual_layer_norm(x, None, torch.ones(9), None, 1e-5)
     for bad in (-1, 2**63, 1.5, True):
@@ -190,9 +216,11 @@ def test_bad_arguments():
 
 def test_opcheck():
     x, r, w, b = inputs(5, 40, torch.float32)
-    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, r, w, b, 1e-5, 0.0, None))
+    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, r, w, b, 1e-5, 0.0, None, None))
     seed = torch.tensor([3])  # the kernels read it from memory (ops/_seed.py)
-    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, None, w, b, 1e-5, 0.2, seed))
+    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, None, w, b, 1e-5, 0.2, seed, None))
+    xb = torch.randn(40, requires_grad=True)
+    torch.library.opcheck(torch.ops.bertfast.residual_layer_norm.default, (x, r, w, b, 1e-5, 0.2, seed, xb))
 
 
 def test_nn_module_state_dict_is_layer_norms():
@@ -207,6 +235,14 @@ def test_nn_module_state_dict_is_layer_norms():
 def test_cuda(dtype, n):
     check(1023, n, dtype, device="cuda")
     check(1023, n, dtype, device="cuda", p=0.1)
+    check(1023, n, dtype, device="cuda", p=0.1, x_bias=True)
+
+
+def test_x_bias_in_fp32_with_bf16_activations():
+    """As under autocast (a bf16 matmul output, the linear layer's fp32 bias): x_bias's gradient comes back
+    in fp32. Against the reference in fp32 on the same inputs; the tolerance of bf16 outputs (LOW_TOL),
+    the gradient sums over 7 rows."""
+    check(7, 384, torch.bfloat16, p=0.1, x_bias=True)
 
 
 def test_mixed_activation_dtypes_like_autocast():

@@ -295,3 +295,42 @@ def test_training_q_k_v_as_one_matmul_and_hooks_respected(backend):
     bf(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
     handle.remove()
     assert len(seen) == 1
+
+
+def test_training_gradients_match_transformers_through_triton_kernels(backend):
+    """Every parameter's gradient on the Triton path (the interpreter) against transformers', dropout off,
+    with left padding, a hole and a one-token row. The projections before each LayerNorm run bias-free,
+    their bias folded into the LayerNorm kernels (nn.modules.folds_bias): its gradient comes from the
+    LayerNorm backward's partial sums. A forward hook on such a projection makes it run as the module (the
+    hook sees its call) and changes no gradient. Tolerance: fp32 throughout; 1e-5 relative on gradients
+    summed over 27 real tokens in a different order from transformers' (atol 1e-5 for those near 0)."""
+    backend("triton")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    hf = transformers.BertModel(cfg, add_pooling_layer=False).train()
+    bf = bertfast.BertModel(cfg, add_pooling_layer=False).train()
+    bf.load_state_dict(hf.state_dict())
+    ids = torch.randint(5, 99, (3, 11), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[0, 3:5] = 0  # a hole
+    mask[1, :4] = 0  # left padding
+    mask[2, 1:] = 0  # one token
+    real = mask.bool()
+    want = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+    dout = torch.randn_like(want) * real[..., None]
+    want.backward(dout)
+    hf_grads = {k: p.grad for k, p in hf.named_parameters()}
+    seen = []
+    for hooked in (False, True):
+        bf.zero_grad(set_to_none=True)
+        handle = bf.encoder.layer[1].output.dense.register_forward_hook(lambda m, a, out: seen.append(out.shape)) \
+            if hooked else None
+        got = bf(input_ids=ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-5)
+        got.backward(dout)
+        for key, p in bf.named_parameters():
+            torch.testing.assert_close(p.grad, hf_grads[key], atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+        if handle is not None:
+            handle.remove()
+    assert len(seen) == 1

@@ -86,17 +86,19 @@ def _grad(out, inputs):
     torch.autograd.grad(out, [t for t in inputs if t.requires_grad], meta(*out.shape, dtype=out.dtype))
 
 
-def _layer_norm(tokens, hidden, dtype, p, residual, residual_dtype=None, param_dtype=None):
+def _layer_norm(tokens, hidden, dtype, p, residual, residual_dtype=None, param_dtype=None, x_bias=True):
     """residual_dtype / param_dtype: the residual's and the weights' dtypes (default: the activations');
-    under autocast BERT's residual stream and its LayerNorm weights are fp32, the sublayer output bf16."""
+    under autocast BERT's residual stream and its LayerNorm weights are fp32, the sublayer output bf16.
+    With a residual and x_bias, as BERT's layers call it: the projection's bias folded in."""
     from bertfast import ops
 
     def run():
         x = meta(tokens, hidden, dtype=dtype, requires_grad=True)
         r = meta(tokens, hidden, dtype=residual_dtype or dtype, requires_grad=True) if residual else None
         w, b = (meta(hidden, dtype=param_dtype or dtype, requires_grad=True) for _ in range(2))
-        y = ops.fused_residual_layer_norm(x, r, w, b, 1e-12, p, training=p > 0, seed=1)
-        _grad(y, [x, r, w, b] if residual else [x, w, b])
+        xb = meta(hidden, dtype=param_dtype or dtype, requires_grad=True) if residual and x_bias else None
+        y = ops.fused_residual_layer_norm(x, r, w, b, 1e-12, p, training=p > 0, seed=1, x_bias=xb)
+        _grad(y, [t for t in (x, r, w, b, xb) if t is not None])
     return run
 
 
@@ -192,7 +194,7 @@ def scenarios() -> list[Scenario]:
         for dname in ("bf16", "fp32"):
             for p in (0.1, 0.0):
                 out.append(Scenario(f"residual_layer_norm wide-{hidden} {dname} p={p}", "layer_norm",
-                                    _layer_norm(TOKENS, hidden, DTYPES[dname], p, True)))
+                                    _layer_norm(TOKENS, hidden, DTYPES[dname], p, True, x_bias=False)))
     return out
 
 
@@ -507,7 +509,7 @@ def _work(launch: Launch, binary: Binary) -> Work:
     if name.startswith("residual_layer_norm_bwd"):
         rows = a["X"].shape[0]
         reads = _b(a["DY"]) + _b(a["X"]) + (_b(a["R"]) if a["HAS_RESIDUAL"] else 0) + 8 * rows
-        writes = _b(a["DH"]) + (_b(a["DX"]) if a["WRITE_DX"] else 0) + 2 * _b(a["DW_PARTIAL"])
+        writes = _b(a["DH"]) + (_b(a["DX"]) if a["WRITE_DX"] else 0) + (2 + a.get("HAS_XBIAS", False)) * _b(a["DW_PARTIAL"])
         if name.startswith("residual_layer_norm_bwd_wide"):
             # rows one at a time in chunks, twice (the second pass re-reads the row, from L2 at best): the
             # row loop's body holds the chunk loops, counted as running once per trip (Sass.counts), so a
@@ -520,7 +522,7 @@ def _work(launch: Launch, binary: Binary) -> Work:
         # The loop loads the next step's rows before working on the current ones: two steps in flight.
         return Work(reads + writes, trips=trips, in_flight_per_block=2 * reads / rows * rows_per_trip)
     if name.startswith("column_sums"):
-        sums = 2 if a["HAS_B"] else 1
+        sums = 1 + a["HAS_B"] + a["HAS_C"]
         return Work(sums * (_b(a["A"]) + _b(a["OUT_A"])), trips=a["A"].shape[0] / a["BLOCK_M"])
     if name.startswith("bias_gelu_fwd"):
         return Work(_b(a["X"]) + _b(a["Y"]), in_flight_per_block=_b(a["X"]) / programs)

@@ -111,14 +111,16 @@ def measure(case: Case) -> list[Phase]:
 
 
 def _layer_norm(residual: bool, p: float):
+    """With a residual, as BERT's layers call it: the projection's bias folded in (x_bias)."""
     from bertfast import ops
 
     def prepare():
         x = meta(TOKENS, HIDDEN, requires_grad=True)
         r = meta(TOKENS, HIDDEN, requires_grad=True) if residual else None
         w, b = (meta(HIDDEN, dtype=torch.float32, requires_grad=True) for _ in range(2))
-        return lambda: (ops.fused_residual_layer_norm(x, r, w, b, 1e-12, p, training=p > 0),
-                        [t for t in (x, r, w, b) if t is not None])
+        xb = meta(HIDDEN, dtype=torch.float32, requires_grad=True) if residual else None
+        return lambda: (ops.fused_residual_layer_norm(x, r, w, b, 1e-12, p, training=p > 0, x_bias=xb),
+                        [t for t in (x, r, w, b, xb) if t is not None])
     return prepare
 
 
@@ -171,9 +173,9 @@ def _embedding(checked: bool):
 
 def cases() -> list[Case]:
     return [
-        Case("fused_residual_layer_norm (dropout 0.1)", _layer_norm(True, 0.1), (2, 2),
+        Case("fused_residual_layer_norm (dropout 0.1, x_bias)", _layer_norm(True, 0.1), (2, 2),
              why="forward: the dropout seed drawn on the device (randint: CUDA-graph safe), then one kernel; "
-                 "backward: the kernel, then the column sums of its dweight/dbias partials"),
+                 "backward: the kernel, then the column sums of its dweight/dbias/dx_bias partials"),
         Case("fused_residual_layer_norm (no residual)", _layer_norm(False, 0.0), (1, 2), scratch_share=0.06,
              why="backward partials: one fp32 dweight/dbias row pair per persistent program (five an SM, for the "
                  "loads in flight), 4 MB, against only two [T, H] tensors read"),

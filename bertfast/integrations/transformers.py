@@ -27,7 +27,7 @@ from bertfast import _backend, ops
 from bertfast.ops import cpu
 from bertfast.models.batch import AttentionInputs, embed_batch, self_attention
 from bertfast.nn.int8 import Int8Linear, dequantize_linear, quantize_linear
-from bertfast.nn.modules import _ACTIVATIONS, fused_on_cpu
+from bertfast.nn.modules import _ACTIVATIONS, folds_bias, fused_on_cpu
 
 _WARNED: set[str] = set()
 _FAST = "_bertfast_fast"  # marks an instance forward set by optimize
@@ -152,9 +152,13 @@ def bert_layer_forward(self, hidden_states, attention_mask=None, *args, bertfast
 
 
 def _dense_residual_layer_norm(module, x, residual, training):
-    """transformers' BertSelfOutput / BertOutput: LayerNorm(dropout(dense(x)) + residual), fused."""
-    ln = module.LayerNorm
-    return ops.fused_residual_layer_norm(cpu.linear(module.dense, x), residual, ln.weight, ln.bias, ln.eps,
+    """transformers' BertSelfOutput / BertOutput: LayerNorm(dropout(dense(x)) + residual), fused (the dense
+    layer's bias folded into the LayerNorm where folds_bias allows)."""
+    ln, dense = module.LayerNorm, module.dense
+    if folds_bias(dense, x):
+        return ops.fused_residual_layer_norm(F.linear(x, dense.weight), residual, ln.weight, ln.bias, ln.eps,
+                                             module.dropout.p, training, x_bias=dense.bias)
+    return ops.fused_residual_layer_norm(cpu.linear(dense, x), residual, ln.weight, ln.bias, ln.eps,
                                          module.dropout.p, training)
 
 

@@ -125,5 +125,5 @@ def bias_gelu_backward(dy, x, bias, approximate: str):
     partial = torch.empty((grid[0], n), dtype=torch.float32, device=x.device)
     bias_gelu_bwd_kernel[grid](dy, x, bias, dx, partial, m, n, BLOCK_M=block_m, BLOCK_N=block_n,
                                APPROX_TANH=approximate == "tanh", FAST_ERF=_fast_erf(x, approximate), num_warps=warps)
-    column_sums(partial, dbias)
+    column_sums((partial, dbias))
     return dx, dbias

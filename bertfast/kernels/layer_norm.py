@@ -1,10 +1,16 @@
-"""LayerNorm(dropout(x) + residual) forward and backward.
+"""LayerNorm(dropout(x + x_bias) + residual) forward and backward.
+
+x_bias (optional, [N]; rows of up to launch.WIDE_ROW columns) is the bias of the linear layer that
+produced x, folded in here so that its gradient (the column sums of dx) comes out of the backward's
+partial sums with dweight and dbias, instead of a separate pass over dx (a [T, N] read and a launch).
+Wider rows take none: their forward holds a whole row at the register limit already (an fp32 x_bias
+spilled 8 bytes at 16,384), and the op adds such a bias to x beforehand (ops/layer_norm.py).
 
 Forward: ROWS rows per program (a [ROWS, BLOCK_N] tile), so the per-row reductions and address math are
 shared and enough bytes are in flight per SM. Backward: a persistent grid, each program walking ROWS rows
 per step and summing dweight/dbias partials in fp32 registers (rows wider than launch.WIDE_ROW: one row at
 a time in chunks, the partials in memory); one partial row per program (allocated empty: every program
-writes its row), then one small kernel sums the partials over programs in a fixed
+writes its row), then one small kernel sums the partials (two or three sets) over programs in a fixed
 order (bertfast.kernels.reduce; deterministic, no atomics) and writes dweight/dbias in the parameters'
 dtype.
 
@@ -16,7 +22,7 @@ import triton
 import triton.language as tl
 
 from bertfast.kernels import dropout
-from bertfast.kernels.launch import layer_norm_config, on_tensor_device, persistent_programs
+from bertfast.kernels.launch import WIDE_ROW, layer_norm_config, on_tensor_device, persistent_programs
 from bertfast.kernels.reduce import column_sums
 
 
@@ -32,10 +38,12 @@ def _load_rows(X, R, rows, cols, mask, N, HAS_RESIDUAL: tl.constexpr):
 
 
 @triton.jit
-def _dropout_add(x, r, rows, mask, threshold, scale, seed, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                 BLOCK_N: tl.constexpr):
-    """h = dropout(x) + residual in fp32, and the keep-mask."""
+def _dropout_add(x, r, xb, rows, mask, threshold, scale, seed, HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                 HAS_XBIAS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """h = dropout(x + xb) + residual in fp32 (xb: the [BLOCK_N] x_bias, 0 past N), and the keep-mask."""
     x = x.to(tl.float32)
+    if HAS_XBIAS:
+        x += xb[None, :]
     keep = mask
     if HAS_DROPOUT:
         keep = mask & (dropout.random_bits(seed, rows, 0, 0, BLOCK_N) >= threshold)
@@ -43,6 +51,16 @@ def _dropout_add(x, r, rows, mask, threshold, scale, seed, HAS_RESIDUAL: tl.cons
     if HAS_RESIDUAL:
         x += r.to(tl.float32)
     return x, keep
+
+
+@triton.jit
+def _load_x_bias(XB, cols, N, HAS_XBIAS: tl.constexpr):
+    """x_bias over the tile's columns in fp32, 0 past N (zeros without one: one return type for the
+    compiler, unused then)."""
+    xb = tl.zeros(cols.shape, tl.float32)
+    if HAS_XBIAS:
+        xb = tl.load(XB + cols, mask=cols < N, other=0.0).to(tl.float32)
+    return xb
 
 
 @triton.jit
@@ -60,16 +78,18 @@ def normalise_rows(h, W, B, cols, mask, N, eps, HAS_WEIGHT: tl.constexpr, HAS_BI
 
 
 @triton.jit(do_not_specialize=["M"])
-def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, threshold, scale, SEED,
+def residual_layer_norm_fwd_kernel(X, XB, R, W, B, Y, MEAN, RSTD, M, N, eps, threshold, scale, SEED,
                                    BLOCK_N: tl.constexpr, ROWS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                                   HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+                                   HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                   HAS_XBIAS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
     row_ok = rows < M
     mask = row_ok[:, None] & (cols[None, :] < N)
     x, r = _load_rows(X, R, rows, cols, mask, N, HAS_RESIDUAL)
     seed = dropout.load_seed(SEED, HAS_DROPOUT)
-    h, _ = _dropout_add(x, r, rows, mask, threshold, scale, seed, HAS_RESIDUAL, HAS_DROPOUT, BLOCK_N)
+    xb = _load_x_bias(XB, cols, N, HAS_XBIAS)
+    h, _ = _dropout_add(x, r, xb, rows, mask, threshold, scale, seed, HAS_RESIDUAL, HAS_DROPOUT, HAS_XBIAS, BLOCK_N)
     y, mean, rstd = normalise_rows(h, W, B, cols, mask, N, eps, HAS_WEIGHT, HAS_BIAS)
     tl.store(Y + rows[:, None].to(tl.int64) * N + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     tl.store(MEAN + rows, mean, mask=row_ok)
@@ -77,14 +97,16 @@ def residual_layer_norm_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, N, eps, thresho
 
 
 @triton.jit(do_not_specialize=["M"])
-def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, DB_PARTIAL, M, N, threshold, scale,
-                                   SEED, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                                   HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr, WRITE_DX: tl.constexpr):
-    """DH = d loss / d(dropout(x) + residual) (= the residual's gradient, in the residual's dtype);
+def residual_layer_norm_bwd_kernel(DY, X, XB, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, DB_PARTIAL, DXB_PARTIAL, M, N,
+                                   threshold, scale, SEED, BLOCK_N: tl.constexpr, ROWS: tl.constexpr,
+                                   HAS_RESIDUAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                                   WRITE_DX: tl.constexpr, HAS_XBIAS: tl.constexpr):
+    """DH = d loss / d(dropout(x + x_bias) + residual) (= the residual's gradient, in the residual's dtype);
     DX = DH through the dropout, in x's dtype (written when WRITE_DX: with dropout, or when x's dtype
     differs from the residual's; otherwise dx is DH itself). Program `pid` sums dy·x̂ and dy over its rows
-    in registers and writes them to partial row `pid` of DW_PARTIAL / DB_PARTIAL. Rows of up to
-    launch.WIDE_ROW columns (wider ones: residual_layer_norm_bwd_wide_kernel)."""
+    in registers and writes them to partial row `pid` of DW_PARTIAL / DB_PARTIAL (and, with HAS_XBIAS,
+    the sum of dx, x_bias's gradient, to DXB_PARTIAL). Rows of up to launch.WIDE_ROW columns (wider
+    ones: residual_layer_norm_bwd_wide_kernel)."""
     pid = tl.program_id(0)
     step = tl.num_programs(0) * ROWS
     seed = dropout.load_seed(SEED, HAS_DROPOUT)
@@ -92,6 +114,8 @@ def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, 
     col_ok = cols < N
     dw = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     db = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+    dxb = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+    xb = _load_x_bias(XB, cols, N, HAS_XBIAS)
     # Software pipelined: each step loads the next step's rows before working on its own, so two steps'
     # loads are in flight per program (Little's law; see python -m bertfast.analysis).
     rows = pid * ROWS + tl.arange(0, ROWS)
@@ -112,7 +136,8 @@ def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, 
         else:
             w = tl.where(col_ok, 1.0, 0.0)[None, :]
         offs = rows[:, None].to(tl.int64) * N + cols[None, :]
-        h, keep = _dropout_add(x, r, rows, mask, threshold, scale, seed, HAS_RESIDUAL, HAS_DROPOUT, BLOCK_N)
+        h, keep = _dropout_add(x, r, xb, rows, mask, threshold, scale, seed, HAS_RESIDUAL, HAS_DROPOUT, HAS_XBIAS,
+                               BLOCK_N)
         mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
         rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
         xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
@@ -122,17 +147,21 @@ def residual_layer_norm_bwd_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PARTIAL, 
         c2 = tl.sum(wdy, axis=1) / N
         dh = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         tl.store(DH + offs, dh.to(DH.dtype.element_ty), mask=mask)
+        if HAS_DROPOUT:
+            dx = tl.where(keep, dh * scale, 0.0)
+        else:
+            dx = dh
         if WRITE_DX:
-            if HAS_DROPOUT:
-                dx = tl.where(keep, dh * scale, 0.0)
-            else:
-                dx = dh
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
         dw += dyf * xhat
         db += dyf
+        if HAS_XBIAS:
+            dxb += dx  # (0 on rows past M: their dy is 0, so is their dh)
         x, r, dy = next_x, next_r, next_dy
     tl.store(DW_PARTIAL + pid * N + cols, tl.sum(dw, 0), mask=col_ok)
     tl.store(DB_PARTIAL + pid * N + cols, tl.sum(db, 0), mask=col_ok)
+    if HAS_XBIAS:
+        tl.store(DXB_PARTIAL + pid * N + cols, tl.sum(dxb, 0), mask=col_ok)
 
 
 @triton.jit
@@ -205,9 +234,9 @@ def residual_layer_norm_bwd_wide_kernel(DY, X, R, W, MEAN, RSTD, DH, DX, DW_PART
 
 
 @on_tensor_device
-def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float, seed):
+def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float, seed, x_bias=None):
     """y has the promoted dtype of x and residual (as x + residual would); seed: int64 [1] on x's device
-    (read with p > 0)."""
+    (read with p > 0); x_bias: [N] added to x before the dropout, or None."""
     import torch
 
     m, n = x.shape
@@ -217,10 +246,11 @@ def residual_layer_norm_forward(x, residual, weight, bias, eps: float, p: float,
     cfg = layer_norm_config(n, x.element_size(), backward=False)
     if m:
         residual_layer_norm_fwd_kernel[(triton.cdiv(m, cfg.rows),)](
-            x, residual if residual is not None else x, weight if weight is not None else x,
-            bias if bias is not None else x, y, mean, rstd, m, n, eps, dropout.threshold(p), dropout.keep_scale(p),
-            seed if seed is not None else x, BLOCK_N=cfg.block_n, ROWS=cfg.rows, HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0,
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **cfg.options())
+            x, x_bias if x_bias is not None else x, residual if residual is not None else x,
+            weight if weight is not None else x, bias if bias is not None else x, y, mean, rstd, m, n, eps,
+            dropout.threshold(p), dropout.keep_scale(p), seed if seed is not None else x, BLOCK_N=cfg.block_n,
+            ROWS=cfg.rows, HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0, HAS_WEIGHT=weight is not None,
+            HAS_BIAS=bias is not None, HAS_XBIAS=x_bias is not None, **cfg.options())
     return y, mean, rstd
 
 
@@ -229,9 +259,10 @@ def needs_separate_dx(x, residual, p: float) -> bool:
 
 
 @on_tensor_device
-def residual_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, p: float, seed):
-    """Returns (dh, dx, dweight, dbias): dx is dh itself when no separate dx is needed; dweight/dbias are
-    in the parameters' dtypes (None without the parameter)."""
+def residual_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, p: float, seed, x_bias=None):
+    """Returns (dh, dx, dweight, dbias, dx_bias): dx is dh itself when no separate dx is needed;
+    dweight/dbias/dx_bias (the column sums of dx) are in the parameters' dtypes (None without the
+    parameter)."""
     import torch
 
     m, n = x.shape
@@ -245,19 +276,26 @@ def residual_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, p: f
     db_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device)
     dw = torch.empty_like(weight) if weight is not None else None
     db = torch.empty_like(bias) if bias is not None else None
-    args = (dy, x, residual if residual is not None else x, weight if weight is not None else x, mean, rstd, dh, dx,
-            dw_partial, db_partial, m, n, dropout.threshold(p), dropout.keep_scale(p), seed if seed is not None else x)
+    dxb_partial = torch.empty((programs, n), dtype=torch.float32, device=x.device) if x_bias is not None else None
+    dxb = torch.empty_like(x_bias) if x_bias is not None else None
+    scalars = (m, n, dropout.threshold(p), dropout.keep_scale(p), seed if seed is not None else x)
+    tensors = (dy, x, residual if residual is not None else x, weight if weight is not None else x, mean, rstd, dh,
+               dx, dw_partial, db_partial)
     flags = dict(HAS_RESIDUAL=residual is not None, HAS_DROPOUT=p > 0, HAS_WEIGHT=weight is not None,
                  WRITE_DX=write_dx, **cfg.options())
     if cfg.chunk:
-        residual_layer_norm_bwd_wide_kernel[(programs,)](*args, CHUNK=cfg.chunk, **flags)
+        if x_bias is not None:
+            raise ValueError(f"x_bias is folded into rows of up to {WIDE_ROW} columns, got {n}")
+        residual_layer_norm_bwd_wide_kernel[(programs,)](*tensors, *scalars, CHUNK=cfg.chunk, **flags)
     else:
-        residual_layer_norm_bwd_kernel[(programs,)](*args, BLOCK_N=cfg.block_n, ROWS=cfg.rows, **flags)
-    if dw is not None and db is not None:
-        column_sums(dw_partial, dw, db_partial, db)
-    elif dw is not None or db is not None:
-        column_sums(dw_partial, dw) if dw is not None else column_sums(db_partial, db)
-    return dh, dx, dw, db
+        residual_layer_norm_bwd_kernel[(programs,)](
+            dy, x, x_bias if x_bias is not None else x, *tensors[2:], dxb_partial if x_bias is not None else dw_partial,
+            *scalars, BLOCK_N=cfg.block_n, ROWS=cfg.rows, HAS_XBIAS=x_bias is not None, **flags)
+    pairs = [(partial, out) for partial, out in ((dw_partial, dw), (db_partial, db), (dxb_partial, dxb))
+             if out is not None]
+    if pairs:
+        column_sums(*pairs)
+    return dh, dx, dw, db, dxb
 
 
 def dropout_keep_mask(rows: int, n: int, p: float, seed: int, device):

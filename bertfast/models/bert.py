@@ -14,6 +14,7 @@ import contextlib
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from bertfast import ops
@@ -21,6 +22,7 @@ from bertfast.config import BertConfig
 from bertfast.models.batch import AttentionInputs, embed_batch, self_attention
 from bertfast.models.pretrained import BertPreTrainedModel
 from bertfast.nn import Embeddings, FusedLayerNorm, LinearActivation
+from bertfast.nn.modules import folds_bias
 from bertfast.outputs import BaseModelOutputWithPoolingAndCrossAttentions, output
 
 
@@ -47,6 +49,9 @@ class BertSelfOutput(nn.Module):
         self.dropout_p = config.hidden_dropout_prob
 
     def forward(self, hidden: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        if folds_bias(self.dense, hidden):  # the bias added (and its gradient summed) in the LayerNorm's kernels
+            return self.LayerNorm(F.linear(hidden, self.dense.weight), input_tensor, self.dropout_p,
+                                  x_bias=self.dense.bias)
         return self.LayerNorm(self.dense(hidden), input_tensor, self.dropout_p)
 
 

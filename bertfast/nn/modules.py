@@ -26,13 +26,26 @@ def fused_on_cpu(approximate: str, *tensors) -> bool:
     return approximate == "tanh" and cpu.applies(*tensors)
 
 
-class FusedLayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (same parameters and state_dict) computing LayerNorm(dropout(x) + residual) in one op."""
+def folds_bias(linear: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the linear layer whose output a fused LayerNorm takes runs as a bias-free matmul, its bias
+    folded into the LayerNorm (ops.fused_residual_layer_norm's x_bias: the bias gradient then comes from
+    the LayerNorm backward's partial sums, not from a separate pass over the output gradient). On the
+    Triton path, for a plain nn.Linear with a bias and no hooks; anything else (LoRA-wrapped, quantized,
+    hooked, a subclass) runs as the module it is."""
+    return type(linear) is nn.Linear and linear.bias is not None and not runs_as_module(linear, nn.Linear) \
+        and _backend.use_triton(x)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+
+class FusedLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and state_dict) computing LayerNorm(dropout(x + x_bias) + residual) in one
+    op (x_bias: the bias of the linear layer that produced x, or None; see folds_bias)."""
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, dropout_p: float = 0.0,
+                x_bias: torch.Tensor | None = None) -> torch.Tensor:
         training = self.training and dropout_p > 0
         # The seed (None) is drawn by the op from torch's generator, only when a Triton kernel needs one.
-        return ops.fused_residual_layer_norm(x, residual, self.weight, self.bias, self.eps, dropout_p, training)
+        return ops.fused_residual_layer_norm(x, residual, self.weight, self.bias, self.eps, dropout_p, training,
+                                             x_bias=x_bias)
 
 
 class LinearActivation(nn.Linear):
@@ -95,10 +108,13 @@ def default_ids(emb: nn.Module, seq: int, token_type_ids=None, position_ids=None
     return token_type_ids, position_ids
 
 
-def runs_as_module(word_embeddings: nn.Module) -> bool:
-    """The word lookup must run as a module call: forward hooks on it, or not a plain nn.Embedding."""
-    return bool(word_embeddings._forward_hooks or word_embeddings._forward_pre_hooks) or \
-        type(word_embeddings).forward is not nn.Embedding.forward
+def runs_as_module(module: nn.Module, plain: type = nn.Embedding) -> bool:
+    """The module must run as a module call: forward hooks on it (its own or global ones), or a forward
+    other than the plain class's (nn.Embedding for the word lookup)."""
+    from torch.nn.modules import module as module_globals
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module_globals._global_forward_hooks
+                or module_globals._global_forward_pre_hooks) or type(module).forward is not plain.forward
 
 
 def embed(emb: nn.Module, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,

@@ -201,8 +201,8 @@ MUTANTS = [
            "return torch.full((1,), int(torch.randint(0, SEED_BOUND, (1,))), dtype=torch.int64, device=device)",
            ("tests/test_gpu_risks.py", "-k seeds_are_drawn_on_the_device")),
     Mutant("dropout seed: the backward reads a different one", "bertfast/ops/layer_norm.py",
-           "_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, ctx.p, seed)",
-           "_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, ctx.p, seed + 1)",
+           "_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, ctx.p, seed, x_bias)",
+           "_layer_norm_backward(dy, x, residual, weight, bias, mean, rstd, ctx.p, seed + 1, x_bias)",
            ("tests/test_dropout.py", "-k layer_norm_forward_and_backward")),
     Mutant("wide LayerNorm backward: no barrier between rows' read-modify-writes", LN,
            "            tl.store(DB_PARTIAL + part, tl.load(DB_PARTIAL + part, mask=ok, other=0.0) + dy, mask=ok)\n"
@@ -483,4 +483,29 @@ MUTANTS = [
            "_quantize(module, quantize)  # (from the fp32 weights, before a cast to bf16)\n                _cast(module, dtype)",
            "_cast(module, dtype)\n                _quantize(module, quantize)",
            ("tests/test_cpu_int8.py", "-k minilm_in_int8")),
+    # --- the projection's bias folded into the LayerNorm (x_bias) ------------------------------------------
+    Mutant("x_bias's gradient skips the dropout mask", LN, "dxb += dx  #", "dxb += dh  #",
+           ("tests/test_layer_norm.py", "-k x_bias")),
+    Mutant("x_bias added after the dropout", LN,
+           "    if HAS_XBIAS:\n        x += xb[None, :]\n    keep = mask\n    if HAS_DROPOUT:\n"
+           "        keep = mask & (dropout.random_bits(seed, rows, 0, 0, BLOCK_N) >= threshold)\n"
+           "        x = tl.where(keep, x * scale, 0.0)\n",
+           "    keep = mask\n    if HAS_DROPOUT:\n"
+           "        keep = mask & (dropout.random_bits(seed, rows, 0, 0, BLOCK_N) >= threshold)\n"
+           "        x = tl.where(keep, x * scale, 0.0)\n    if HAS_XBIAS:\n        x += xb[None, :]\n",
+           ("tests/test_layer_norm.py", "-k x_bias")),
+    Mutant("x_bias folded into rows too wide for it", "bertfast/ops/layer_norm.py",
+           "or hidden > _widest_x_bias_row()):", "or hidden > 2 * _widest_x_bias_row()):",
+           ("tests/test_layer_norm.py", "-k wide_rows")),
+    Mutant("column sums: the third set not summed", "bertfast/kernels/reduce.py", "HAS_C=count > 2", "HAS_C=count > 3",
+           ("tests/test_layer_norm.py", "-k x_bias")),
+    Mutant("BERT's projection folded without its bias", "bertfast/models/bert.py",
+           "                                  x_bias=self.dense.bias)", "                                  x_bias=None)",
+           ("tests/test_model_parity.py", "-k training_gradients")),
+    Mutant("a hooked projection folded anyway", "bertfast/nn/modules.py",
+           "linear.bias is not None and not runs_as_module(linear, nn.Linear)", "linear.bias is not None",
+           ("tests/test_model_parity.py", "-k training_gradients")),
+    Mutant("optimize: the projection folded without its bias", "bertfast/integrations/transformers.py",
+           "module.dropout.p, training, x_bias=dense.bias)", "module.dropout.p, training, x_bias=None)",
+           ("tests/test_integrations.py", "-k optimized_heads_match_stock and triton and BertModel")),
 ]
