@@ -113,6 +113,7 @@ def test_a_traced_step_keeps_no_tensor_alive(run_compiled):
         # partial sums (was 3 a layer)
         forward_names = [e.name for e in forward]
         assert forward_names.count("addmm") == 1 and forward_names.count("cat") == 2, forward_names
+        assert forward_names.count("randint") == 1, forward_names  # every layer's dropout seeds in one draw
         backward_names = [e.name for e in backward]
         assert backward_names.count("add") == 2 and backward_names.count("sum") == 1, backward_names
         assert all(p.grad is not None for p in model.parameters())

@@ -114,9 +114,10 @@ def bert_model_forward(self, input_ids=None, attention_mask=None, token_type_ids
     hidden, attn, packed = embed_batch(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                        False, padding_free=getattr(self, "_bertfast_padding_free", True))
     all_hidden = [hidden] if output_hidden_states else None
-    for layer in self.encoder.layer:
+    attn = attn.with_dropout_seeds(len(self.encoder.layer), hidden, self.training)  # one draw for every layer
+    for i, layer in enumerate(self.encoder.layer):
         # Through the module: its hooks, and transformers' gradient checkpointing (GradientCheckpointingLayer)
-        hidden = layer(hidden, None, bertfast_attn=attn)
+        hidden = layer(hidden, None, bertfast_attn=attn.layer(i))
         if all_hidden is not None:
             all_hidden.append(hidden)
     if packed is not None:
@@ -146,20 +147,21 @@ def bert_layer_forward(self, hidden_states, attention_mask=None, *args, bertfast
         return _original_forward(self)(hidden_states, attention_mask, *args, **kwargs)
     attention = self.attention
     context, _ = self_attention(attention.self, hidden_states, bertfast_attn, self.training)
-    attention_output = _dense_residual_layer_norm(attention.output, context, hidden_states, self.training)
+    attention_output = _dense_residual_layer_norm(attention.output, context, hidden_states, self.training,
+                                                  bertfast_attn.seed(1))
     return _dense_residual_layer_norm(self.output, _intermediate(self.intermediate, attention_output, self),
-                                      attention_output, self.training)
+                                      attention_output, self.training, bertfast_attn.seed(2))
 
 
-def _dense_residual_layer_norm(module, x, residual, training):
+def _dense_residual_layer_norm(module, x, residual, training, seed=None):
     """transformers' BertSelfOutput / BertOutput: LayerNorm(dropout(dense(x)) + residual), fused (the dense
     layer's bias folded into the LayerNorm where folds_bias allows)."""
     ln, dense = module.LayerNorm, module.dense
     if folds_bias(dense, x):
         return ops.fused_residual_layer_norm(F.linear(x, dense.weight), residual, ln.weight, ln.bias, ln.eps,
-                                             module.dropout.p, training, x_bias=dense.bias)
+                                             module.dropout.p, training, seed=seed, x_bias=dense.bias)
     return ops.fused_residual_layer_norm(cpu.linear(dense, x), residual, ln.weight, ln.bias, ln.eps,
-                                         module.dropout.p, training)
+                                         module.dropout.p, training, seed=seed)
 
 
 def _intermediate(module, x, layer):

@@ -26,14 +26,50 @@ from bertfast.nn.modules import default_ids, embed
 class AttentionInputs:
     """What every layer's attention needs, prepared once per forward: the packed sequences (cu_seqlens and
     max_seqlen, when the batch had padding and runs padding-free), or an additive mask (then the
-    reference attention runs on the padded batch), and whether the probabilities are wanted."""
+    reference attention runs on the padded batch), and whether the probabilities are wanted; in training
+    on the Triton path, the layers' dropout seeds (with_dropout_seeds, layer)."""
 
-    def __init__(self, additive_mask=None, output_attentions=False, cu_seqlens=None, max_seqlen=0, key_mask=None):
+    SEEDS_PER_LAYER = 3  # the attention's, the attention-output LayerNorm's, the output LayerNorm's
+    # int64s from one seed to the next: 16 bytes, so that every seed's address is 16-byte aligned as a lone
+    # draw's is (Triton specialises a pointer argument on it: one compiled variant a kernel, not two)
+    SEED_STRIDE = 2
+
+    def __init__(self, additive_mask=None, output_attentions=False, cu_seqlens=None, max_seqlen=0, key_mask=None,
+                 seeds=None):
         self.additive_mask = additive_mask
         self.key_mask = key_mask  # [B, S] bool, for the padded path (under torch.compile)
         self.output_attentions = output_attentions
         self.cu_seqlens = cu_seqlens
         self.max_seqlen = max_seqlen
+        self.seeds = seeds  # int64 on the device: SEEDS_PER_LAYER a layer (every SEED_STRIDE-th), or None: each
+        # op draws its own
+
+    def _with(self, seeds) -> "AttentionInputs":
+        return AttentionInputs(self.additive_mask, self.output_attentions, self.cu_seqlens, self.max_seqlen,
+                               self.key_mask, seeds)
+
+    def with_dropout_seeds(self, layers: int, hidden: torch.Tensor, training: bool) -> "AttentionInputs":
+        """These inputs with every layer's dropout seeds drawn in one launch (ops._seed.dropout_seeds), when
+        training on the Triton path (where the fused ops read seeds from device memory); unchanged
+        otherwise. One draw a forward instead of one per fused op (three a layer)."""
+        if not training or not layers or not _backend.use_triton(hidden):
+            return self
+        from bertfast.ops._seed import dropout_seeds
+
+        return self._with(dropout_seeds(self.SEEDS_PER_LAYER * self.SEED_STRIDE * layers, hidden.device))
+
+    def layer(self, index: int) -> "AttentionInputs":
+        """The inputs of layer `index`: its own slice of the seeds (the same seeds when a checkpointed layer
+        is recomputed, so the same masks)."""
+        if self.seeds is None:
+            return self
+        n = self.SEEDS_PER_LAYER * self.SEED_STRIDE
+        return self._with(self.seeds[n * index:n * (index + 1)])
+
+    def seed(self, which: int) -> torch.Tensor | None:
+        """Seed `which` (0: attention, 1: the attention-output LayerNorm, 2: the output LayerNorm) of a
+        layer's inputs (`layer`), an int64 [1] view, or None: the op draws its own."""
+        return None if self.seeds is None else self.seeds[self.SEED_STRIDE * which:self.SEED_STRIDE * which + 1]
 
     @property
     def packed(self) -> bool:
@@ -94,7 +130,7 @@ def self_attention(sa: nn.Module, hidden: torch.Tensor, attn: AttentionInputs, t
     p = dropout_p(sa)
     heads = (*hidden.shape[:-1], sa.num_attention_heads, sa.attention_head_size)
     fused_training = training and p > 0
-    seed = None  # drawn by the op, only when a Triton kernel needs one
+    seed = attn.seed(0)  # None: drawn by the op, only when a Triton kernel needs one
     qkv = packed_qkv(sa, hidden)
     if qkv is not None and not attn.needs_reference:
         if attn.packed:  # [tokens, 3, heads, D]

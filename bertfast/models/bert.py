@@ -48,11 +48,12 @@ class BertSelfOutput(nn.Module):
         self.LayerNorm = FusedLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout_p = config.hidden_dropout_prob
 
-    def forward(self, hidden: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, input_tensor: torch.Tensor, seed: torch.Tensor | None = None) -> torch.Tensor:
+        """seed: the dropout seed (AttentionInputs.seed), or None: the op draws one."""
         if folds_bias(self.dense, hidden):  # the bias added (and its gradient summed) in the LayerNorm's kernels
             return self.LayerNorm(F.linear(hidden, self.dense.weight), input_tensor, self.dropout_p,
-                                  x_bias=self.dense.bias)
-        return self.LayerNorm(self.dense(hidden), input_tensor, self.dropout_p)
+                                  x_bias=self.dense.bias, seed=seed)
+        return self.LayerNorm(self.dense(hidden), input_tensor, self.dropout_p, seed=seed)
 
 
 class BertAttention(nn.Module):
@@ -63,7 +64,7 @@ class BertAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
         context, probs = self.self(hidden, attn)
-        return self.output(context, hidden), probs
+        return self.output(context, hidden, attn.seed(1)), probs
 
 
 class BertIntermediate(nn.Module):
@@ -89,7 +90,7 @@ class BertLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
         attention_output, probs = self.attention(hidden, attn)
-        return self.output(self.intermediate(attention_output), attention_output), probs
+        return self.output(self.intermediate(attention_output), attention_output, attn.seed(2)), probs
 
 
 class BertEncoder(nn.Module):
@@ -104,18 +105,21 @@ class BertEncoder(nn.Module):
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs, output_hidden_states: bool = False):
         all_hidden = [hidden] if output_hidden_states else None
         all_probs = [] if attn.output_attentions else None
+        attn = attn.with_dropout_seeds(len(self.layer), hidden, self.training)  # one draw for every layer
         for i, layer in enumerate(self.layer):
+            layer_attn = attn.layer(i)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled() \
                     and i % self.checkpoint_every == 0:
-                # Recomputed in the backward; the RNG states (the CPU's and the input's device's) are
-                # restored there, so the dropout seeds drawn inside the layer (and so the masks) are the
-                # same both times.
+                # Recomputed in the backward with the same seeds (layer_attn's), or, where the ops draw
+                # their own, with the RNG states (the CPU's and the input's device's) restored: the same
+                # masks both times.
                 with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()) \
                         if self.checkpoint_offload else contextlib.nullcontext():
-                    hidden = checkpoint(lambda h, lay=layer: lay(h, attn)[0], hidden, **self.checkpoint_options)
+                    hidden = checkpoint(lambda h, lay=layer, a=layer_attn: lay(h, a)[0], hidden,
+                                        **self.checkpoint_options)
                 probs = None
             else:
-                hidden, probs = layer(hidden, attn)
+                hidden, probs = layer(hidden, layer_attn)
             if output_hidden_states:
                 all_hidden.append(hidden)
             if all_probs is not None:

@@ -41,11 +41,11 @@ class FusedLayerNorm(nn.LayerNorm):
     op (x_bias: the bias of the linear layer that produced x, or None; see folds_bias)."""
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, dropout_p: float = 0.0,
-                x_bias: torch.Tensor | None = None) -> torch.Tensor:
+                x_bias: torch.Tensor | None = None, seed: torch.Tensor | None = None) -> torch.Tensor:
         training = self.training and dropout_p > 0
-        # The seed (None) is drawn by the op from torch's generator, only when a Triton kernel needs one.
+        # seed None: drawn by the op from torch's generator, only when a Triton kernel needs one.
         return ops.fused_residual_layer_norm(x, residual, self.weight, self.bias, self.eps, dropout_p, training,
-                                             x_bias=x_bias)
+                                             seed=seed, x_bias=x_bias)
 
 
 class LinearActivation(nn.Linear):

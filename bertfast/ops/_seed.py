@@ -14,12 +14,18 @@ import torch
 SEED_BOUND = 2**62  # seeds are drawn in [0, 2**62): both 32-bit halves of Philox's key vary
 
 
+def dropout_seeds(count: int, device: torch.device) -> torch.Tensor:
+    """int64 [count] on `device`, drawn in one launch: seeds for several fused ops at once (BertModel draws
+    each layer's three per forward: models.batch.AttentionInputs.with_dropout_seeds)."""
+    return torch.randint(0, SEED_BOUND, (count,), dtype=torch.int64, device=device)
+
+
 def dropout_seed(p: float, seed, device: torch.device) -> torch.Tensor | None:
     """int64 [1] on `device`, or None when p = 0 (no kernel reads it)."""
     if p <= 0:
         return None
     if seed is None:
-        return torch.randint(0, SEED_BOUND, (1,), dtype=torch.int64, device=device)
+        return dropout_seeds(1, device)
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 1:
             raise ValueError(f"seed must be an int or an int64 tensor of one element, got {seed.dtype} shape "
