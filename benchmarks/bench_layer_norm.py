@@ -45,3 +45,31 @@ def test_residual_layer_norm(benchmark, recorder, dev, tokens, hidden, pass_, va
             torch.autograd.grad(fn(x, r, w, b), (x, r, w, b), dy)
     recorder.measure(benchmark, f"fused_residual_layer_norm {pass_}", f"T={tokens} H={hidden} bf16", variant, run,
                      bytes_moved=n_tensors * tokens * hidden * x.element_size())
+
+
+def eager_projection_bias(x, r, w, b, xb):
+    return F.layer_norm(x + xb + r, (x.shape[-1],), w, b, 1e-12)
+
+
+def fused_projection_bias(x, r, w, b, xb):
+    return ops.fused_residual_layer_norm(x, r, w, b, 1e-12, x_bias=xb)
+
+
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("variant", ["eager", "torch.compile", "bertfast"])
+def test_residual_layer_norm_with_projection_bias(benchmark, recorder, dev, tokens, hidden, variant):
+    """As BERT's layers run it: the projection's bias (x_bias) added before the LayerNorm, its gradient summed
+    over tokens (eager: a separate add and, in the backward, a reduction over dx; bertfast: both inside the
+    LayerNorm's kernels). Forward and backward; bytes as test_residual_layer_norm's fwd+bwd (the bias is
+    [H])."""
+    dtype = torch.bfloat16
+    x, r = (torch.randn(tokens, hidden, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
+    w, b, xb = (torch.randn(hidden, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
+    fn = variant_fn(variant, eager_projection_bias, fused_projection_bias)
+    dy = torch.randn_like(x)
+
+    def run():
+        torch.autograd.grad(fn(x, r, w, b, xb), (x, r, w, b, xb), dy)
+    recorder.measure(benchmark, "fused_residual_layer_norm + projection bias fwd+bwd", f"T={tokens} H={hidden} bf16",
+                     variant, run, bytes_moved=6 * tokens * hidden * x.element_size())

@@ -38,8 +38,9 @@ def scenario_for(group: str, case: str, variant: str):
     op, _, _ = group.rpartition(" ")
     fields, dtype = _fields(case)
     label = f"{group} {case} {variant}"
-    if op == "fused_residual_layer_norm" and variant == "bertfast":
-        run = sm90._layer_norm(int(fields["T"]), int(fields["H"]), dtype, 0.0, True, dtype, dtype)
+    if op in ("fused_residual_layer_norm", "fused_residual_layer_norm + projection bias") and variant == "bertfast":
+        run = sm90._layer_norm(int(fields["T"]), int(fields["H"]), dtype, 0.0, True, dtype, dtype,
+                               x_bias=op.endswith("projection bias"))
         return sm90.Scenario(label, "layer_norm", run)
     if op == "fused_bias_gelu" and variant == "bertfast":
         return sm90.Scenario(label, "bias_gelu", sm90._bias_gelu(int(fields["T"]), int(fields["I"]), dtype))
@@ -58,6 +59,7 @@ def scenario_for(group: str, case: str, variant: str):
 
 EXAMPLE = {"results": [
     {"group": "fused_residual_layer_norm fwd+bwd", "case": "T=64 H=128 bf16", "variant": "bertfast"},
+    {"group": "fused_residual_layer_norm + projection bias fwd+bwd", "case": "T=64 H=128 bf16", "variant": "bertfast"},
     {"group": "fused_bias_gelu fwd", "case": "T=64 I=256 bf16", "variant": "bertfast"},
     {"group": "attention fwd+bwd", "case": "B=2 H=2 S=64 D=32 pad=none bf16", "variant": "bertfast varlen"},
     {"group": "embedding_sum fwd+bwd", "case": "T=256 H=64 bf16", "variant": "bertfast kernel"}]}
