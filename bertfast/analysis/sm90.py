@@ -509,7 +509,8 @@ def _work(launch: Launch, binary: Binary) -> Work:
     if name.startswith("residual_layer_norm_bwd"):
         rows = a["X"].shape[0]
         reads = _b(a["DY"]) + _b(a["X"]) + (_b(a["R"]) if a["HAS_RESIDUAL"] else 0) + 8 * rows
-        writes = _b(a["DH"]) + (_b(a["DX"]) if a["WRITE_DX"] else 0) + (2 + a.get("HAS_XBIAS", False)) * _b(a["DW_PARTIAL"])
+        partial_sets = 2 + a.get("HAS_XBIAS", False)  # dweight, dbias (and x_bias's; the wide kernel has none)
+        writes = _b(a["DH"]) + (_b(a["DX"]) if a["WRITE_DX"] else 0) + partial_sets * _b(a["DW_PARTIAL"])
         if name.startswith("residual_layer_norm_bwd_wide"):
             # rows one at a time in chunks, twice (the second pass re-reads the row, from L2 at best): the
             # row loop's body holds the chunk loops, counted as running once per trip (Sass.counts), so a

@@ -1,6 +1,6 @@
 """Column sums of fp32 partial rows: the last, deterministic step of the backward kernels that reduce
-over rows (LayerNorm's dweight/dbias and its x_bias's gradient, bias+GELU's dbias). Each program sums its columns over the P
-partial rows in a fixed order and writes them once, in the parameter's dtype."""
+over rows (LayerNorm's dweight/dbias and its x_bias's gradient, bias+GELU's dbias). Each program sums
+its columns over the P partial rows in a fixed order and writes them once, in the parameter's dtype."""
 import triton
 import triton.language as tl
 
