@@ -253,22 +253,27 @@ def test_large_preset_1024_positions_against_transformers():
         ours(input_ids=torch.ones(1, 1025, dtype=torch.long))
 
 
-def test_training_q_k_v_as_one_matmul_and_hooks_respected(backend):
-    """Training on the Triton path (the interpreter here) runs q, k and v as one matmul of the concatenated
-    weights (models.batch.packed_qkv), the gradients landing on the three parameters as transformers'
-    separate projections give them; a forward hook on a projection (PEFT, a user's) makes the three run as
-    modules, so the hook sees its call."""
-    backend("triton")
-    import transformers
-
-    from bertfast.models.batch import packed_qkv
-
+def small_training_pair():
+    """(transformers' BertModel, bertfast's with its weights), 2 layers of hidden 32 (2 heads of 16; an
+    intermediate size of 37), dropout off, in training mode."""
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     hf = transformers.BertModel(cfg, add_pooling_layer=False).train()
     bf = bertfast.BertModel(cfg, add_pooling_layer=False).train()
     bf.load_state_dict(hf.state_dict())
+    return hf, bf
+
+
+def test_training_q_k_v_as_one_matmul_and_hooks_respected(backend):
+    """Training on the Triton path (the interpreter here) runs q, k and v as one matmul of the concatenated
+    weights (models.batch.packed_qkv), the gradients landing on the three parameters as transformers'
+    separate projections give them; a forward hook on a projection (PEFT, a user's) makes the three run as
+    modules, so the hook sees its call."""
+    backend("triton")
+    from bertfast.models.batch import packed_qkv
+
+    hf, bf = small_training_pair()
     ids = torch.randint(5, 99, (3, 11))
     mask = torch.ones(3, 11, dtype=torch.long)
     mask[1, :4] = 0  # left padding
@@ -303,14 +308,9 @@ def test_training_gradients_match_transformers_through_triton_kernels(backend):
     their bias folded into the LayerNorm kernels (nn.modules.folds_bias): its gradient comes from the
     LayerNorm backward's partial sums. A forward hook on such a projection makes it run as the module (the
     hook sees its call) and changes no gradient. Tolerance: fp32 throughout; 1e-5 relative on gradients
-    summed over 27 real tokens in a different order from transformers' (atol 1e-5 for those near 0)."""
+    summed over 17 real tokens in a different order from transformers' (atol 1e-5 for those near 0)."""
     backend("triton")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    hf = transformers.BertModel(cfg, add_pooling_layer=False).train()
-    bf = bertfast.BertModel(cfg, add_pooling_layer=False).train()
-    bf.load_state_dict(hf.state_dict())
+    hf, bf = small_training_pair()
     ids = torch.randint(5, 99, (3, 11), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(3, 11, dtype=torch.long)
     mask[0, 3:5] = 0  # a hole
