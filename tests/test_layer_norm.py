@@ -243,6 +243,10 @@ def test_x_bias_in_fp32_with_bf16_activations():
     in fp32. Against the reference in fp32 on the same inputs; the tolerance of bf16 outputs (LOW_TOL),
     the gradient sums over 7 rows."""
     check(7, 384, torch.bfloat16, p=0.1, x_bias=True)
+    x, r, w, b, xb = inputs(7, 384, torch.bfloat16, x_bias=True)
+    y = ops.fused_residual_layer_norm(x, r, w, b, 1e-12, 0.1, True, seed=3, x_bias=xb)
+    grads = torch.autograd.grad(y.float().sum(), (x, r, w, b, xb))
+    assert [g.dtype for g in grads] == [torch.bfloat16, torch.bfloat16] + [torch.float32] * 3
 
 
 def test_mixed_activation_dtypes_like_autocast():
