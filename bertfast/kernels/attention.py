@@ -245,9 +245,7 @@ def attention_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU, sm_scal
             row_ok = rows < seqlen
             q, do, lse = _query_rows(Q, DO, LSE, base, o_base, stats, rows, row_ok, stride_s, o_stride_s, dims)
             delta = tl.load(DELTA + stats + rows, mask=row_ok, other=0.0)  # (stored by the dQ kernel)
-            kq = _dot(k, tl.trans(q), DOT_FP32, IEEE)                             # [BLOCK_N, BLOCK_M] = (Q Kᵀ)ᵀ
-            # (scale and shift in one FMA; lse = +inf on rows without keys: p = 0)
-            prob_t = tl.where(valid[:, None], tl.math.exp2(kq * qk_scale - lse[None, :]), 0.0)
+            prob_t = _recompute_p_t(k, q, lse, qk_scale, valid, DOT_FP32, IEEE)      # [BLOCK_N, BLOCK_M]
             dp_t = _dot(v, tl.trans(do), DOT_FP32, IEEE)                           # (dO Vᵀ)ᵀ
             if HAS_DROPOUT:
                 if MASK_TILES:  # (so PERMUTED: start_m is the trip's number)
@@ -376,8 +374,7 @@ def _dq_keys_first(Q, K, V, O, DO, DQ, LSE, DELTA, MASK, CU, sm_scale, threshold
         for start_n in range(0, seqlen, BLOCK_N):
             k, v, valid = _key_block(K, V, MASK, base, b, stride_mb, start_n, seqlen, stride_s, dims, BLOCK_N,
                                      HAS_MASK)
-            kq = _dot(k, tl.trans(q), DOT_FP32, IEEE)                                 # [BLOCK_N, BLOCK_M]
-            prob_t = tl.where(valid[:, None], tl.math.exp2(kq * qk_scale - lse[None, :]), 0.0)
+            prob_t = _recompute_p_t(k, q, lse, qk_scale, valid, DOT_FP32, IEEE)          # [BLOCK_N, BLOCK_M]
             dp_t = _dot(v, tl.trans(do), DOT_FP32, IEEE)
             if HAS_DROPOUT:
                 keep_t = dropout.tile_keep(seed, block, B0, BLOCK_M // 32, start_n, bh, threshold, BLOCK_N, True)
@@ -392,6 +389,14 @@ def _recompute_p(q, k, lse, qk_scale, valid, DOT_FP32: tl.constexpr, IEEE: tl.co
     qk = _dot(q, tl.trans(k), DOT_FP32, IEEE)
     # scale and shift in one FMA; lse = +inf on rows without keys: p = 0
     return tl.where(valid[None, :], tl.math.exp2(qk * qk_scale - lse[:, None]), 0.0)
+
+
+@triton.jit
+def _recompute_p_t(k, q, lse, qk_scale, valid, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    """_recompute_p in the keys-first frame: Pᵀ [keys, queries] = exp2((K Qᵀ) · scale - lse)."""
+    kq = _dot(k, tl.trans(q), DOT_FP32, IEEE)
+    # scale and shift in one FMA; lse = +inf on rows without keys: p = 0
+    return tl.where(valid[:, None], tl.math.exp2(kq * qk_scale - lse[None, :]), 0.0)
 
 
 def _grid_args(q, varlen: bool):
