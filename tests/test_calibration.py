@@ -228,3 +228,30 @@ def test_waits_on_mma_and_the_wgmma_shape_rate(run_compiled):
         print("ok", round(shared, 2))
     """)
     assert "ok" in out
+
+
+def test_a_matmul_adding_a_2d_c_is_charged_its_pass(run_compiled):
+    """addmm with a 2-D C (beta = 1): C's read in cuBLAS's epilogue charged in series with the tensor
+    floor; an out-of-place addmm also torch's copy of C into its output first (a pass and a launch of its
+    own); addmm with a bias vector (cuBLASLt's bias epilogue) as the plain matmul."""
+    out = run_compiled("""
+        import torch
+        from bertfast.analysis import gpus, predict
+
+        a, w = torch.empty(16384, 3072, dtype=torch.bfloat16), torch.empty(3072, 768, dtype=torch.bfloat16)
+        c, bias = torch.empty(16384, 768, dtype=torch.bfloat16), torch.empty(768, dtype=torch.bfloat16)
+        got = {}
+        for name, fn in (("mm", lambda a, w, c, bias: torch.mm(a, w)),
+                         ("bias", lambda a, w, c, bias: torch.addmm(bias, a, w)),
+                         ("addmm_", lambda a, w, c, bias: c.addmm_(a, w)),
+                         ("addmm", lambda a, w, c, bias: torch.addmm(c, a, w))):
+            (p,) = predict(fn, a, w, c, bias, gpu="h200")
+            got[name] = p.us
+        h200 = gpus.with_fit(gpus.get("h200"), gpus.FIT["launch_us"], gpus.FIT["stream_efficiency"])
+        c_us = c.numel() * 2 / (h200.COPY_BYTES_PER_S * h200.STREAM_EFFICIENCY) * 1e6
+        assert abs(got["bias"] - got["mm"]) < 1e-9 * got["mm"], got
+        assert abs(got["addmm_"] - (got["mm"] + c_us)) < 1e-6 * got["mm"], (got, c_us)
+        assert abs(got["addmm"] - (got["mm"] + 3 * c_us + h200.LAUNCH_US)) < 1e-6 * got["mm"], (got, c_us)
+        print("ok")
+    """)
+    assert "ok" in out

@@ -657,3 +657,41 @@ def test_trainer_evaluate_and_predict_match_stock(tmp_path, head):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     for a, b in zip(as_tuple(got.label_ids), as_tuple(want.label_ids)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_optimized_training_adds_residual_gradients_in_the_matmuls(backend):
+    """bertfast.optimize, training with dropout on the Triton path (the interpreter): each layer's two
+    residual gradients are added in the q/k/v and intermediate input-gradient matmuls (ops/linear.py:
+    addmm_, no add), with the gradients of the same optimised model with that fold off (the same seeds,
+    so the same dropout masks); a hole, left padding and a one-token row. fp32, 1e-5: the residual gradient
+    added inside the matmul's sum instead of after it."""
+    import contextlib
+    from unittest import mock
+
+    from dispatch_counts import CountOps
+
+    import bertfast.integrations.transformers as integration
+
+    backend("triton")
+    torch.manual_seed(0)
+    fast = bertfast.optimize(transformers.BertModel(hf_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+                                                    add_pooling_layer=False)).train()
+    batch = inputs("holes")
+    batch["attention_mask"][1] = batch["attention_mask"][1].flip(0)  # left padding
+    dout = torch.randn(3, 11, 64, generator=torch.Generator().manual_seed(2))
+
+    def step(fold):
+        fast.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        off = mock.patch.object(integration, "residual_fold", lambda *a: False)
+        with CountOps() as ops, contextlib.nullcontext() if fold else off:
+            out = fast(**batch).last_hidden_state
+            out.backward(dout)
+        return out.detach(), {k: p.grad.clone() for k, p in fast.named_parameters()}, ops.calls
+
+    want_out, want, unfolded = step(False)
+    out, got, calls = step(True)
+    torch.testing.assert_close(out, want_out, atol=1e-6, rtol=1e-6)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+    assert calls["addmm_"] == 4 and unfolded["addmm_"] == 0 and calls["add"] == unfolded["add"] - 4, (calls, unfolded)

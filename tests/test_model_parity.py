@@ -334,3 +334,54 @@ def test_training_gradients_match_transformers_through_triton_kernels(backend):
         if handle is not None:
             handle.remove()
     assert len(seen) == 1
+
+
+def test_residual_gradients_added_in_the_matmuls_with_dropout_on(backend):
+    """Training with dropout on the Triton path (the interpreter): each layer's two residual branches hand
+    their gradient to the q/k/v and intermediate projections' input-gradient matmuls (ops/linear.py:
+    addmm_, no add), with the gradients of the same model with that fold off (the same seeds, so the same
+    dropout masks); left padding, a hole and a one-token row. A forward pre-hook on a BertOutput makes it
+    run as the module: that layer's intermediate fold is off (the hook sees its call), the gradients the
+    same. Tolerance 1e-5: fp32, the residual gradient added inside the matmul's sum instead of after it."""
+    import contextlib
+    from unittest import mock
+
+    from dispatch_counts import CountOps
+
+    import bertfast.models.bert as bert
+
+    backend("triton")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=37, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    bf = bertfast.BertModel(cfg, add_pooling_layer=False).train()
+    ids = torch.randint(5, 99, (3, 11), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[0, 3:5] = 0  # a hole
+    mask[1, :4] = 0  # left padding
+    mask[2, 1:] = 0  # one token
+    dout = torch.randn(3, 11, 32, generator=torch.Generator().manual_seed(2))
+
+    def step(fold=True):
+        bf.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        off = mock.patch.object(bert, "_takes_folded_residual", lambda output, x: False)
+        with CountOps() as ops, off if not fold else contextlib.nullcontext():
+            out = bf(input_ids=ids, attention_mask=mask).last_hidden_state
+            out.backward(dout)
+        return out.detach(), {k: p.grad.clone() for k, p in bf.named_parameters()}, ops.calls
+
+    want_out, want, unfolded = step(fold=False)
+    seen = []
+    for hooked in (False, True):
+        handle = bf.encoder.layer[1].output.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape)) \
+            if hooked else None
+        out, got, calls = step()
+        torch.testing.assert_close(out, want_out, atol=1e-6, rtol=1e-6)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
+        folds = 2 * 2 - hooked
+        assert calls["addmm_"] == folds and calls["add"] == unfolded["add"] - folds, (calls, unfolded)
+        if handle is not None:
+            handle.remove()
+    assert unfolded["addmm_"] == 0 and len(seen) == 1

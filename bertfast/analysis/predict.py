@@ -28,7 +28,7 @@ from unittest import mock
 import torch
 
 from bertfast.analysis import gpus, sm90
-from bertfast.analysis.trace import SDPA_BACKWARDS, SDPA_FORWARDS, Launch, gpu_trace, on_device
+from bertfast.analysis.trace import ADDMMS, SDPA_BACKWARDS, SDPA_FORWARDS, Launch, gpu_trace, on_device
 
 
 @dataclass
@@ -107,7 +107,22 @@ def _generic_work(launch: Launch, binary: sm90.Binary) -> sm90.Work:
     return sm90.Work(moved, trips=trips, in_flight_per_block=in_flight)
 
 
-_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "_scaled_mm"}
+_MATMULS = {"mm", "addmm", "addmm_", "bmm", "baddbmm", "matmul", "_scaled_mm"}
+
+
+def _c_pass_us(event: Launch, gpu: gpus.GPU) -> float:
+    """What a matmul's 2-D C (addmm's self, added with beta = 1) costs beyond the tensor floor: its read in
+    cuBLAS's epilogue, charged in series with the main loop (each output tile loads its C after its
+    k-loop; an uncalibrated, conservative assumption), and for an out-of-place addmm also torch's copy of
+    C into the output first (at::native::copy_ in addmm_out_cuda_impl: a pass of its own). A 1-D C, a bias,
+    is cuBLASLt's bias epilogue: nothing here."""
+    if event.name not in ADDMMS or not event.args or not isinstance(event.args[0], torch.Tensor) \
+            or event.args[0].dim() != 2:
+        return 0.0
+    c = event.args[0].numel() * event.args[0].element_size()
+    passes = 1 if event.name == "addmm_" else 3  # addmm: the copy's read and write, then the epilogue's read
+    return passes * c / (gpu.COPY_BYTES_PER_S * gpu.STREAM_EFFICIENCY) * 1e6 \
+        + (gpu.LAUNCH_US if event.name == "addmm" else 0.0)
 
 
 def _torch_prediction(event: Launch, gpu: gpus.GPU) -> LaunchPrediction:
@@ -116,7 +131,7 @@ def _torch_prediction(event: Launch, gpu: gpus.GPU) -> LaunchPrediction:
     flops = 0.0
     if event.name in _MATMULS and event.flops:
         flops = event.flops
-        floors["tensor"] = flops / gpu.BF16_MATMUL_FLOPS * 1e6
+        floors["tensor"] = flops / gpu.BF16_MATMUL_FLOPS * 1e6 + _c_pass_us(event, gpu)
     elif event.name in SDPA_FORWARDS + SDPA_BACKWARDS and event.flops:  # at the published rate (gpus.sdpa_tflops)
         flops = event.flops
         backward = event.name in SDPA_BACKWARDS

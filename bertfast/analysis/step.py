@@ -27,7 +27,7 @@ from unittest import mock
 import torch
 
 BATCH, SEQ = 128, 128
-MATMULS = ("mm", "addmm", "bmm")
+MATMULS = ("mm", "addmm", "addmm_", "bmm")
 
 
 def _bertfast_step(layers: int, real_fraction: float):

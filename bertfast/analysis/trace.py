@@ -133,7 +133,7 @@ def _flops_of(name: str, args: tuple) -> float:
     if name in ("mm", "matmul") and len(shapes) >= 2:
         (m, k), (_, n) = shapes[0][-2:], shapes[1][-2:]
         return 2.0 * m * k * n
-    if name == "addmm" and len(shapes) >= 3:
+    if name in ("addmm", "addmm_") and len(shapes) >= 3:
         (m, k), (_, n) = shapes[1], shapes[2]
         return 2.0 * m * k * n
     if name in ("bmm", "baddbmm") and len(shapes) >= 2:
@@ -147,6 +147,8 @@ def _flops_of(name: str, args: tuple) -> float:
         return 2.5 * 4.0 * math.prod(q[:-1]) * k[-2] * q[-1]
     return 0.0
 
+
+ADDMMS = ("addmm", "addmm_")  # (their C's shape is kept: bertfast.analysis.predict charges a 2-D C's pass)
 
 # torch's fused attention kernels (what F.scaled_dot_product_attention runs on a GPU) and their backwards
 SDPA_FORWARDS = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention")
@@ -216,7 +218,7 @@ class _Recorder(TorchDispatchMode):
             self.events.append(Launch("torch", name, nbytes_read=sum(map(_nbytes, inputs)), nbytes_written=written,
                                       nbytes_allocated=0 if func._schema.is_mutable else allocated,
                                       flops=_flops_of(name, args),
-                                      args=_kept(tuple(args), {}) if name in SDPA_FORWARDS + SDPA_BACKWARDS else ()))
+                                      args=_kept(tuple(args), {}) if name in SDPA_FORWARDS + SDPA_BACKWARDS + ADDMMS else ()))
         return out
 
 

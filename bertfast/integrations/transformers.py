@@ -25,7 +25,9 @@ import torch.nn.functional as F
 
 from bertfast import _backend, ops
 from bertfast.ops import cpu
-from bertfast.models.batch import AttentionInputs, embed_batch, self_attention
+from bertfast.ops.linear import linear_keeping_input
+from bertfast.models.batch import (AttentionInputs, embed_batch, residual_fold, self_attention,
+                                   self_attention_keeping_input)
 from bertfast.nn.int8 import Int8Linear, dequantize_linear, quantize_linear
 from bertfast.nn.modules import _ACTIVATIONS, folds_bias, fused_on_cpu
 
@@ -146,11 +148,18 @@ def bert_layer_forward(self, hidden_states, attention_mask=None, *args, bertfast
     if bertfast_attn is None:
         return _original_forward(self)(hidden_states, attention_mask, *args, **kwargs)
     attention = self.attention
-    context, _ = self_attention(attention.self, hidden_states, bertfast_attn, self.training)
-    attention_output = _dense_residual_layer_norm(attention.output, context, hidden_states, self.training,
+    # Where residual_fold allows, each LayerNorm's residual is the view that linear_keeping_input returns,
+    # so that its gradient is added in the input-gradient matmul (ops/linear.py).
+    if residual_fold(attention.output, self.training, hidden_states):
+        context, _, residual = self_attention_keeping_input(attention.self, hidden_states, bertfast_attn, self.training)
+    else:
+        context, _ = self_attention(attention.self, hidden_states, bertfast_attn, self.training)
+        residual = hidden_states
+    attention_output = _dense_residual_layer_norm(attention.output, context, residual, self.training,
                                                   bertfast_attn.seed(1))
-    return _dense_residual_layer_norm(self.output, _intermediate(self.intermediate, attention_output, self),
-                                      attention_output, self.training, bertfast_attn.seed(2))
+    intermediate, residual = _intermediate(self.intermediate, attention_output, self,
+                                           residual_fold(self.output, self.training, attention_output))
+    return _dense_residual_layer_norm(self.output, intermediate, residual, self.training, bertfast_attn.seed(2))
 
 
 def _dense_residual_layer_norm(module, x, residual, training, seed=None):
@@ -164,20 +173,24 @@ def _dense_residual_layer_norm(module, x, residual, training, seed=None):
                                          module.dropout.p, training, seed=seed)
 
 
-def _intermediate(module, x, layer):
-    """transformers' BertIntermediate: act(dense(x)), with the bias add fused into GELU when the
-    projection is a plain nn.Linear (a LoRA-wrapped one runs as itself) and the config names a GELU."""
+def _intermediate(module, x, layer, keep_input: bool = False):
+    """(transformers' BertIntermediate: act(dense(x)), x or the view of it that linear_keeping_input
+    returns): the bias add fused into GELU when the projection is a plain nn.Linear (a LoRA-wrapped one
+    runs as itself) and the config names a GELU; keep_input (models.batch.residual_fold): the view, on
+    that fused path on the Triton path."""
     dense = module.dense
     hidden_act = getattr(getattr(layer.attention.self, "config", None), "hidden_act", None)
     approximate = _ACTIVATIONS.get(hidden_act, (None, None))[0] if isinstance(hidden_act, str) else None
     if approximate is not None and cpu.packed_linear_applies(dense, x):  # fp32 CPU inference: oneDNN's GELU post-op
-        return cpu.linear(dense, x, "gelu" if approximate == "none" else "gelu_tanh")
+        return cpu.linear(dense, x, "gelu" if approximate == "none" else "gelu_tanh"), x
     if approximate is not None and type(dense) is nn.Linear and dense.bias is not None and (
             _backend.use_triton(x) or fused_on_cpu(approximate, x, dense.weight, dense.bias)):
-        return ops.fused_bias_gelu(F.linear(x, dense.weight), dense.bias, approximate)
+        y, kept = linear_keeping_input(x, dense.weight) if keep_input and _backend.use_triton(x) \
+            else (F.linear(x, dense.weight), x)
+        return ops.fused_bias_gelu(y, dense.bias, approximate), kept
     if approximate is not None and isinstance(dense, Int8Linear):  # GELU fused into the dequantisation
-        return dense(x, activation="gelu" if approximate == "none" else "gelu_tanh")
-    return module.intermediate_act_fn(dense(x))
+        return dense(x, activation="gelu" if approximate == "none" else "gelu_tanh"), x
+    return module.intermediate_act_fn(dense(x)), x
 
 
 # optimize / restore ----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from bertfast import _backend, ops
 from bertfast.ops import cpu
+from bertfast.ops.linear import linear_keeping_input
 from bertfast._validate import id_range_stats, raise_if_ids_out_of_range
 from bertfast.nn.modules import default_ids, embed
 
@@ -100,6 +101,15 @@ def _plain_linear(module: nn.Module) -> bool:
     return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
 
 
+def residual_fold(output: nn.Module, training: bool, x: torch.Tensor) -> bool:
+    """Whether the linear layer whose input x is also output's residual adds the residual's gradient in
+    its input-gradient matmul (ops.linear.linear_keeping_input): output (a BertSelfOutput / BertOutput,
+    bertfast's or transformers') runs as bertfast's Triton residual LayerNorm with its dropout on, so that
+    the residual gradient is that LayerNorm backward's own buffer (see ops/linear.py). The caller also
+    makes sure the output module runs as its plain forward (no hooks)."""
+    return training and dropout_p(output) > 0 and _backend.use_triton(x)
+
+
 def packed_qkv(sa: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
     """q, k and v as one matmul, [..., 3, heads, D], when that is what runs: on the Triton path with a
     gradient to compute (training: one matmul and one bias sum in the backward instead of three each, and
@@ -107,19 +117,25 @@ def packed_qkv(sa: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
     a hook or a quantised layer runs as itself), alike in bias and dtype, and no global module hook. The
     weights and biases are concatenated at each call (3 H x H: 3.5 MB in BERT-base's bf16); the parameters
     and their names are unchanged. None otherwise (the three projections run one by one)."""
+    return _packed_qkv(sa, hidden, False)[0]
+
+
+def _packed_qkv(sa: nn.Module, hidden: torch.Tensor, keep_input: bool):
+    """(packed_qkv's result, hidden or the view of it that linear_keeping_input returns: keep_input)."""
     lins = (sa.query, sa.key, sa.value)
     if not (_backend.use_triton(hidden) and torch.is_grad_enabled() and all(map(_plain_linear, lins))):
-        return None
+        return None, hidden
     if not any(p.requires_grad for lin in lins for p in lin.parameters()) and not hidden.requires_grad:
-        return None
+        return None, hidden
     shapes = {(lin.weight.dtype, lin.bias is None, lin.in_features, lin.out_features) for lin in lins}
     if len(shapes) != 1 or lins[0].out_features != sa.num_attention_heads * sa.attention_head_size:
-        return None
+        return None, hidden
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-        return None
+        return None, hidden
     weight = torch.cat([lin.weight for lin in lins])
     bias = torch.cat([lin.bias for lin in lins]) if lins[0].bias is not None else None
-    return F.linear(hidden, weight, bias).view(*hidden.shape[:-1], 3, sa.num_attention_heads, sa.attention_head_size)
+    qkv, kept = linear_keeping_input(hidden, weight, bias) if keep_input else (F.linear(hidden, weight, bias), hidden)
+    return qkv.view(*hidden.shape[:-1], 3, sa.num_attention_heads, sa.attention_head_size), kept
 
 
 def self_attention(sa: nn.Module, hidden: torch.Tensor, attn: AttentionInputs, training: bool):
@@ -127,19 +143,30 @@ def self_attention(sa: nn.Module, hidden: torch.Tensor, attn: AttentionInputs, t
     and num_attention_heads / attention_head_size / all_head_size (bertfast's BertSelfAttention, or
     transformers' made fast by bertfast.optimize): packed through cu_seqlens, padded with the key mask,
     or the reference attention when the probabilities or an additive mask are asked for."""
+    return _self_attention(sa, hidden, attn, training, False)[:2]
+
+
+def self_attention_keeping_input(sa: nn.Module, hidden: torch.Tensor, attn: AttentionInputs, training: bool):
+    """(context, probabilities or None, residual): self_attention, and what to pass as the attention-output
+    LayerNorm's residual in hidden's place, where residual_fold allows: a view of hidden through which the
+    residual's gradient is added in the q/k/v matmul's backward (ops.linear), or hidden itself."""
+    return _self_attention(sa, hidden, attn, training, True)
+
+
+def _self_attention(sa: nn.Module, hidden: torch.Tensor, attn: AttentionInputs, training: bool, keep_input: bool):
     p = dropout_p(sa)
     heads = (*hidden.shape[:-1], sa.num_attention_heads, sa.attention_head_size)
     fused_training = training and p > 0
     seed = attn.seed(0)  # None: drawn by the op, only when a Triton kernel needs one
-    qkv = packed_qkv(sa, hidden)
+    qkv, kept = _packed_qkv(sa, hidden, keep_input)
     if qkv is not None and not attn.needs_reference:
         if attn.packed:  # [tokens, 3, heads, D]
             context = ops.attention.fused_attention_qkv(qkv, None, p, None, fused_training, seed,
                                                         cu_seqlens=attn.cu_seqlens, max_seqlen=attn.max_seqlen,
                                                         validate=False)
-            return context.reshape(hidden.shape[0], sa.all_head_size), None
+            return context.reshape(hidden.shape[0], sa.all_head_size), None, kept
         context = ops.attention.fused_attention_qkv(qkv, attn.key_mask, p, None, fused_training, seed)
-        return context.transpose(1, 2).reshape(*hidden.shape[:-1], sa.all_head_size), None
+        return context.transpose(1, 2).reshape(*hidden.shape[:-1], sa.all_head_size), None, kept
     if qkv is not None:
         q, k, v = qkv.unbind(-3)
     else:
@@ -147,13 +174,13 @@ def self_attention(sa: nn.Module, hidden: torch.Tensor, attn: AttentionInputs, t
     if attn.packed:  # [tokens, heads, D]
         context = ops.fused_attention_varlen(q, k, v, attn.cu_seqlens, attn.max_seqlen, p, None, fused_training, seed,
                                              validate=False)
-        return context.reshape(hidden.shape[0], sa.all_head_size), None
+        return context.reshape(hidden.shape[0], sa.all_head_size), None, kept
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, S, D] views
     if attn.needs_reference:
         context, probs = reference_attention(q, k, v, attn.additive_mask, p, training)
     else:
         context, probs = ops.fused_attention(q, k, v, attn.key_mask, p, None, fused_training, seed), None
-    return context.transpose(1, 2).reshape(*hidden.shape[:-1], sa.all_head_size), probs
+    return context.transpose(1, 2).reshape(*hidden.shape[:-1], sa.all_head_size), probs, kept
 
 
 _WARNED: set[str] = set()

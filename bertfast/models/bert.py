@@ -19,10 +19,11 @@ from torch.utils.checkpoint import checkpoint
 
 from bertfast import ops
 from bertfast.config import BertConfig
-from bertfast.models.batch import AttentionInputs, embed_batch, self_attention
+from bertfast.models.batch import (AttentionInputs, embed_batch, residual_fold, self_attention,
+                                   self_attention_keeping_input)
 from bertfast.models.pretrained import BertPreTrainedModel
 from bertfast.nn import Embeddings, FusedLayerNorm, LinearActivation
-from bertfast.nn.modules import folds_bias
+from bertfast.nn.modules import folds_bias, runs_as_module
 from bertfast.outputs import BaseModelOutputWithPoolingAndCrossAttentions, output
 
 
@@ -63,8 +64,12 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
-        context, probs = self.self(hidden, attn)
-        return self.output(context, hidden, attn.seed(1)), probs
+        if not runs_as_module(self.self, BertSelfAttention) and _takes_folded_residual(self.output, hidden):
+            # hidden's two gradients (q/k/v matmul, LayerNorm residual) summed in the matmul (ops/linear.py)
+            context, probs, residual = self_attention_keeping_input(self.self, hidden, attn, self.self.training)
+        else:
+            (context, probs), residual = self.self(hidden, attn), hidden
+        return self.output(context, residual, attn.seed(1)), probs
 
 
 class BertIntermediate(nn.Module):
@@ -90,7 +95,23 @@ class BertLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
         attention_output, probs = self.attention(hidden, attn)
-        return self.output(self.intermediate(attention_output), attention_output, attn.seed(2)), probs
+        dense = self.intermediate.dense
+        if not runs_as_module(self.intermediate, BertIntermediate) and not runs_as_module(dense, LinearActivation) \
+                and _takes_folded_residual(self.output, attention_output):
+            # attention_output's two gradients summed in the intermediate matmul (ops/linear.py)
+            intermediate, residual = dense.forward_keeping_input(attention_output)
+        else:
+            intermediate, residual = self.intermediate(attention_output), attention_output
+        return self.output(intermediate, residual, attn.seed(2)), probs
+
+
+def _takes_folded_residual(output: BertSelfOutput, x: torch.Tensor) -> bool:
+    """Whether output (a BertSelfOutput or BertOutput) runs its plain forward, its fused LayerNorm's dropout
+    on (models.batch.residual_fold; the LayerNorm module's own training flag, which its forward reads):
+    then the linear layer whose input x is also output's residual may add that residual's gradient in its
+    matmul."""
+    return residual_fold(output, output.LayerNorm.training, x) and not runs_as_module(output, BertSelfOutput) \
+        and not runs_as_module(output.LayerNorm, FusedLayerNorm)
 
 
 class BertEncoder(nn.Module):

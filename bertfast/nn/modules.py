@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from bertfast import _backend, ops
 from bertfast.ops import cpu
+from bertfast.ops.linear import linear_keeping_input
 
 # hidden_act -> (fused GELU approximation or None, plain activation)
 _ACTIVATIONS = {
@@ -58,19 +59,30 @@ class LinearActivation(nn.Linear):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, False)[0]
+
+    def forward_keeping_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(forward(x), x or a view of it to pass as the next residual LayerNorm's residual: on the Triton
+        path with GELU, the residual's gradient is then added in this layer's input-gradient matmul; see
+        ops/linear.py and models.batch.residual_fold, which the caller checks)."""
+        return self._forward(x, True)
+
+    def _forward(self, x: torch.Tensor, keep_input: bool) -> tuple[torch.Tensor, torch.Tensor]:
         approximate, plain = _ACTIVATIONS[self.activation]
         if approximate is not None and self.bias is not None and (_backend.use_triton(x) or fused_on_cpu(
                 approximate, x, self.weight, self.bias)):
-            return ops.fused_bias_gelu(F.linear(x, self.weight), self.bias, approximate)
+            y, kept = linear_keeping_input(x, self.weight) if keep_input and _backend.use_triton(x) \
+                else (F.linear(x, self.weight), x)
+            return ops.fused_bias_gelu(y, self.bias, approximate), kept
         # Otherwise on the CPU the matmul's own bias add (addmm) is the cheaper fusion.
         y = F.linear(x, self.weight, self.bias)
         if plain:
-            return plain(y)
+            return plain(y), x
         if not y.requires_grad and not torch.compiler.is_compiling():
             # Inference: y is ours, so GELU in place spares a second [tokens, intermediate] buffer (2% of
             # a BERT-base CPU forward).
-            return torch.ops.aten.gelu_(y, approximate=approximate)
-        return F.gelu(y, approximate=approximate)
+            return torch.ops.aten.gelu_(y, approximate=approximate), x
+        return F.gelu(y, approximate=approximate), x
 
 
 class Embeddings(nn.Module):
