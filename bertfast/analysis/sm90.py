@@ -77,7 +77,7 @@ class Scenario:
     """One op at one shape, forward and backward. `training` scenarios (bf16, dropout on) are the ones the
     goals are checked on."""
     label: str
-    family: str  # "layer_norm", "bias_gelu", "attention", "embedding"
+    family: str  # "layer_norm", "bias_gelu", "attention", "embedding", "host" (the forward's host facts)
     run: Callable[[], None]
     training: bool = False
 
@@ -148,6 +148,19 @@ def _embedding(tokens, hidden, dtype, seq, per_token_ids=False, packed=False):
     return run
 
 
+def _host_facts(tokens, seq, all_ids):
+    """The forward's host facts as BertModel reads them (models.batch.read_host_facts): input_ids and the
+    [B, S] int64 mask; all_ids: its segment and position ids given too."""
+    from bertfast.kernels.host_facts import host_facts
+
+    def run():
+        batch = tokens // seq
+        ids = torch.empty(batch, seq, dtype=torch.long, device="meta")
+        mask = torch.empty(batch, seq, dtype=torch.long, device="meta")
+        host_facts(mask, [ids, ids, torch.empty(1, seq, dtype=torch.long, device="meta")] if all_ids else [ids])
+    return run
+
+
 def scenarios() -> list[Scenario]:
     """Every op of BERT-base/large training and inference at T tokens: a model in bf16, fp16 or fp32, and
     bf16 autocast (fp32 weights and residual stream, bf16 matmul outputs); dropout on (p = 0.1,
@@ -190,6 +203,9 @@ def scenarios() -> list[Scenario]:
             for p in (0.0, 0.1):
                 out.append(Scenario(f"attention published-d{head_dim} bf16 padded S={seq} p={p}", "attention",
                                     _attention(TOKENS, seq, 2048 // head_dim, head_dim, torch.bfloat16, p, False)))
+    for all_ids in (False, True):  # (its variants depend on the id tensors' count and dtypes only)
+        out.append(Scenario(f"host facts {'input, segment and position ids' if all_ids else 'input ids'}, mask",
+                            "host", _host_facts(TOKENS, 128, all_ids)))
     for hidden in (8192, 16384):  # the widest rows the LayerNorm takes (launch.MAX_ROW): held to no spills
         for dname in ("bf16", "fp32"):
             for p in (0.1, 0.0):
@@ -522,6 +538,12 @@ def _work(launch: Launch, binary: Binary) -> Work:
         trips = rows / (programs * rows_per_trip)
         # The loop loads the next step's rows before working on the current ones: two steps in flight.
         return Work(reads + writes, trips=trips, in_flight_per_block=2 * reads / rows * rows_per_trip)
+    if name == "host_facts_kernel":  # one pass over the mask and the id tensors, a partial row a program out
+        tensors = ([a["MASK"]] if a["HAS_MASK"] else []) + [a[f"IDS{i}"] for i in range(a["NUM_IDS"])]
+        tile = a["ROWS"] * a["COLS"]
+        trips = max(1.0, sum(math.ceil(t.numel() / tile) for t in tensors) / programs)
+        return Work(sum(map(_b, tensors)) + _b(a["OUT"]), trips=trips,
+                    in_flight_per_block=tile * max(t.element_size() for t in tensors))
     if name.startswith("column_sums"):
         sums = 1 + a["HAS_B"] + a["HAS_C"]
         return Work(sums * (_b(a["A"]) + _b(a["OUT_A"])), trips=a["A"].shape[0] / a["BLOCK_M"])
@@ -782,8 +804,8 @@ def _hgmma_flops(opcode: str) -> float:
 
 # The report ------------------------------------------------------------------------------------------
 def _family_goal(p: Prediction) -> tuple[str, float] | None:
-    if p.family in ("attention", "embedding"):  # (the embedding is judged as a whole op: embedding_ops)
-        return None
+    if p.family in ("attention", "embedding", "host"):  # (the embedding is judged as a whole op: embedding_ops;
+        return None  # the host facts, a few hundred KB once a forward, by the launches they replace)
     backward = "_bwd" in p.kernel or "grad" in p.kernel
     key = "elementwise/LayerNorm backward" if backward else "elementwise/LayerNorm forward"
     return key, GOALS[key]

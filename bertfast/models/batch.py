@@ -204,17 +204,31 @@ class HostFacts:
 def read_host_facts(attention_mask, named_ids) -> HostFacts:
     """One host synchronisation for all of a forward's checks and sizes: the 2-D attention_mask's values
     (0/1), padding, longest row and token count, and each (name, ids, rows) id tensor's range. Raises
-    ValueError for a bad mask, IndexError for an id outside its table."""
-    parts = list(id_range_stats(named_ids))
+    ValueError for a bad mask, IndexError for an id outside its table. On the Triton path one kernel
+    computes them all (kernels/host_facts.py); otherwise torch's reductions (about 18 launches)."""
     has_mask = attention_mask is not None and attention_mask.dim() == 2 and attention_mask.numel() > 0
+    live = [t for _, t, _ in named_ids if t.numel() > 0]
+    if not live and not has_mask:
+        return HostFacts()
+    mask = attention_mask if has_mask else None
+    if _backend.use_triton(mask if has_mask else live[0]):
+        from bertfast.kernels import host_facts
+        if host_facts.applies(mask, live):
+            rows = host_facts.host_facts(mask, live).tolist()  # the forward's one host synchronisation
+            return _facts(host_facts.combine(rows, len(live), has_mask, mask.numel() if has_mask else 0),
+                          has_mask, named_ids)
+    parts = list(id_range_stats(named_ids))
     if has_mask:
         real = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
         lengths = real.sum(1)
         parts += [ops.attention.mask_values_ok(attention_mask).to(torch.int64), real.all().to(torch.int64),
                   lengths.max(), lengths.sum(), (real[:, 0] | (lengths == 0)).all().to(torch.int64)]
-    if not parts:
-        return HostFacts()
-    values = torch.stack(parts).tolist()  # the forward's one host synchronisation
+    return _facts(torch.stack(parts).tolist(), has_mask, named_ids)  # the forward's one host synchronisation
+
+
+def _facts(values: list, has_mask: bool, named_ids) -> HostFacts:
+    """HostFacts from the host values [min, max of each id tensor, then with a mask: values ok, no padding,
+    longest row, tokens, position 0 real]; raises for a bad mask or an id out of range."""
     if has_mask:
         values, (values_ok, all_real, longest, total, first_real) = values[:-5], values[-5:]
         if not values_ok:
@@ -224,6 +238,27 @@ def read_host_facts(attention_mask, named_ids) -> HostFacts:
         facts = HostFacts()
     raise_if_ids_out_of_range(named_ids, values)
     return facts
+
+
+def host_read_stand_in(values):
+    """For traces without a GPU (bertfast.analysis): what the forward's one host read returns, from the
+    facts in read_host_facts' layout (min and max of each id tensor, then with a mask: values ok, no
+    padding, longest row, tokens, position 0 real). As a function of the meta tensor read: host_facts'
+    partial rows [programs, K] (the first row the facts, the others neutral; "no padding" is the host's,
+    from the tokens), or the torch path's flat vector."""
+    values = [int(v) for v in values]
+
+    def read(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() != 2:
+            return torch.tensor(values[: t.numel()]).reshape(t.shape)
+        from bertfast.kernels.host_facts import neutral_row
+
+        has_mask = len(values) % 2 == 1
+        ids = (len(values) - 5) // 2 if has_mask else len(values) // 2
+        first = values[:2 * ids] + ([values[2 * ids]] + values[2 * ids + 2:] if has_mask else [])
+        rows = [first] + [neutral_row(ids, has_mask)] * (t.shape[0] - 1)
+        return torch.tensor(rows).reshape(t.shape)
+    return read
 
 
 def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, output_attentions: bool,

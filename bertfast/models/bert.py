@@ -56,6 +56,14 @@ class BertSelfOutput(nn.Module):
                                   x_bias=self.dense.bias, seed=seed)
         return self.LayerNorm(self.dense(hidden), input_tensor, self.dropout_p, seed=seed)
 
+    def takes_folded_residual(self, x: torch.Tensor) -> bool:
+        """Whether this module runs its plain forward, its fused LayerNorm's dropout on
+        (models.batch.residual_fold; the LayerNorm module's own training flag, which its forward reads):
+        then the linear layer whose input x is also this module's residual may add that residual's
+        gradient in its matmul (ops/linear.py)."""
+        return residual_fold(self, self.LayerNorm.training, x) and not runs_as_module(self, BertSelfOutput) \
+            and not runs_as_module(self.LayerNorm, FusedLayerNorm)
+
 
 class BertAttention(nn.Module):
     def __init__(self, config: BertConfig) -> None:
@@ -64,7 +72,8 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
-        if not runs_as_module(self.self, BertSelfAttention) and _takes_folded_residual(self.output, hidden):
+        if not runs_as_module(self.self, BertSelfAttention) and isinstance(self.output, BertSelfOutput) \
+                and self.output.takes_folded_residual(hidden):
             # hidden's two gradients (q/k/v matmul, LayerNorm residual) summed in the matmul (ops/linear.py)
             context, probs, residual = self_attention_keeping_input(self.self, hidden, attn, self.self.training)
         else:
@@ -97,21 +106,12 @@ class BertLayer(nn.Module):
         attention_output, probs = self.attention(hidden, attn)
         dense = self.intermediate.dense
         if not runs_as_module(self.intermediate, BertIntermediate) and not runs_as_module(dense, LinearActivation) \
-                and _takes_folded_residual(self.output, attention_output):
+                and isinstance(self.output, BertSelfOutput) and self.output.takes_folded_residual(attention_output):
             # attention_output's two gradients summed in the intermediate matmul (ops/linear.py)
             intermediate, residual = dense.forward_keeping_input(attention_output)
         else:
             intermediate, residual = self.intermediate(attention_output), attention_output
         return self.output(intermediate, residual, attn.seed(2)), probs
-
-
-def _takes_folded_residual(output: BertSelfOutput, x: torch.Tensor) -> bool:
-    """Whether output (a BertSelfOutput or BertOutput) runs its plain forward, its fused LayerNorm's dropout
-    on (models.batch.residual_fold; the LayerNorm module's own training flag, which its forward reads):
-    then the linear layer whose input x is also output's residual may add that residual's gradient in its
-    matmul."""
-    return residual_fold(output, output.LayerNorm.training, x) and not runs_as_module(output, BertSelfOutput) \
-        and not runs_as_module(output.LayerNorm, FusedLayerNorm)
 
 
 class BertEncoder(nn.Module):
