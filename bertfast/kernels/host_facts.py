@@ -1,6 +1,7 @@
 """What a forward reads on the host, in one launch: each id tensor's range and the 2-D attention mask's
 facts (its values 0/1, its longest row, its token count, a real token at position 0 of every non-empty
-row), as per-program partial rows that the host combines after its one read (models.batch.read_host_facts).
+row), as per-program partial rows that the host combines after its one read (models.batch.read_host_facts,
+_combine).
 
 Replaces the 15-20 small torch launches those checks took (min and max of each id tensor; the mask's
 comparisons, row sums and their reductions; the casts and the stack), each a fixed cost of several
@@ -136,23 +137,4 @@ def host_facts(attention_mask, ids: list):
                                        HAS_MASK=attention_mask is not None,
                                        MASK_FLOAT=attention_mask is not None and attention_mask.is_floating_point(),
                                        ROWS=ROWS, COLS=COLS, num_warps=8)
-    return out
-
-
-def neutral_row(num_ids: int, has_mask: bool) -> list:
-    """The partial row of a program with no rows: what combine ignores."""
-    return [_BIG.value, _SMALL.value] * num_ids + ([1, 0, 0, 1] if has_mask else [])
-
-
-def combine(rows: list, num_ids: int, has_mask: bool, mask_elements: int) -> list:
-    """The host's half: host_facts' partial rows (as lists) combined into read_host_facts' layout: each id
-    tensor's (min, max), then with a mask (values ok, no padding, longest row, tokens, position 0 real)."""
-    out = []
-    for i in range(num_ids):
-        out += [min(r[2 * i] for r in rows), max(r[2 * i + 1] for r in rows)]
-    if has_mask:
-        base = FACTS_PER_ID * num_ids
-        tokens = sum(r[base + 2] for r in rows)
-        out += [int(all(r[base] for r in rows)), int(tokens == mask_elements), max(r[base + 1] for r in rows), tokens,
-                int(all(r[base + 3] for r in rows))]
     return out

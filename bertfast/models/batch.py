@@ -215,8 +215,7 @@ def read_host_facts(attention_mask, named_ids) -> HostFacts:
         from bertfast.kernels import host_facts
         if host_facts.applies(mask, live):
             rows = host_facts.host_facts(mask, live).tolist()  # the forward's one host synchronisation
-            return _facts(host_facts.combine(rows, len(live), has_mask, mask.numel() if has_mask else 0),
-                          has_mask, named_ids)
+            return _facts(_combine(rows, len(live), has_mask, mask.numel() if has_mask else 0), has_mask, named_ids)
     parts = list(id_range_stats(named_ids))
     if has_mask:
         real = attention_mask if attention_mask.dtype == torch.bool else attention_mask != 0
@@ -224,6 +223,21 @@ def read_host_facts(attention_mask, named_ids) -> HostFacts:
         parts += [ops.attention.mask_values_ok(attention_mask).to(torch.int64), real.all().to(torch.int64),
                   lengths.max(), lengths.sum(), (real[:, 0] | (lengths == 0)).all().to(torch.int64)]
     return _facts(torch.stack(parts).tolist(), has_mask, named_ids)  # the forward's one host synchronisation
+
+
+def _combine(rows: list, num_ids: int, has_mask: bool, mask_elements: int) -> list:
+    """The host's half of kernels/host_facts.py: its per-program partial rows (as lists) combined into the
+    layout _facts reads: each id tensor's (min, max), then with a mask (values ok, no padding, longest
+    row, tokens, position 0 real)."""
+    out = []
+    for i in range(num_ids):
+        out += [min(r[2 * i] for r in rows), max(r[2 * i + 1] for r in rows)]
+    if has_mask:
+        base = 2 * num_ids
+        tokens = sum(r[base + 2] for r in rows)
+        out += [int(all(r[base] for r in rows)), int(tokens == mask_elements), max(r[base + 1] for r in rows), tokens,
+                int(all(r[base + 3] for r in rows))]
+    return out
 
 
 def _facts(values: list, has_mask: bool, named_ids) -> HostFacts:
@@ -251,12 +265,12 @@ def host_read_stand_in(values):
     def read(t: torch.Tensor) -> torch.Tensor:
         if t.dim() != 2:
             return torch.tensor(values[: t.numel()]).reshape(t.shape)
-        from bertfast.kernels.host_facts import neutral_row
-
         has_mask = len(values) % 2 == 1
         ids = (len(values) - 5) // 2 if has_mask else len(values) // 2
         first = values[:2 * ids] + ([values[2 * ids]] + values[2 * ids + 2:] if has_mask else [])
-        rows = [first] + [neutral_row(ids, has_mask)] * (t.shape[0] - 1)
+        # a program with no rows: what _combine ignores (int64's largest minimum, smallest maximum)
+        neutral = [2 ** 63 - 1, -2 ** 63] * ids + ([1, 0, 0, 1] if has_mask else [])
+        rows = [first] + [neutral] * (t.shape[0] - 1)
         return torch.tensor(rows).reshape(t.shape)
     return read
 

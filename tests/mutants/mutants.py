@@ -549,7 +549,7 @@ MUTANTS = [
            "first_bad += (row_ok & (at_zero == 0)).to(tl.int32)", ("tests/test_host_facts.py",)),
     Mutant("host facts: a program reads the next program's first row", "bertfast/kernels/host_facts.py",
            "            row_ok = rows < last\n", "            row_ok = rows <= last\n", ("tests/test_host_facts.py",)),
-    Mutant("host facts: the longest row summed over programs", "bertfast/kernels/host_facts.py",
+    Mutant("host facts: the longest row summed over programs", "bertfast/models/batch.py",
            "max(r[base + 1] for r in rows)", "sum(r[base + 1] for r in rows)", ("tests/test_host_facts.py",)),
     Mutant("host facts: the last column chunk skipped", "bertfast/kernels/host_facts.py",
            "for c0 in range(0, S, COLS):", "for c0 in range(0, S - 1, COLS):", ("tests/test_host_facts.py",)),
