@@ -117,6 +117,8 @@ def test_a_traced_step_keeps_no_tensor_alive(run_compiled):
         forward_names = [e.name for e in forward]
         assert forward_names.count("addmm") == 1 and forward_names.count("cat") == 2, forward_names
         assert forward_names.count("randint") == 1, forward_names  # every layer's dropout seeds in one draw
+        # the host facts in one kernel (kernels/host_facts.py), and no bool key mask made without padding
+        assert forward_names.count("host_facts_kernel") == 1 and "ne" not in forward_names, forward_names
         backward_names = [e.name for e in backward]
         assert backward_names.count("add") == 0 and backward_names.count("addmm_") == 2, backward_names
         assert backward_names.count("sum") == 1, backward_names

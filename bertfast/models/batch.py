@@ -283,6 +283,10 @@ def _attention_inputs(attention_mask, batch: int, seq: int, dtype: torch.dtype, 
     if attention_mask is None:
         attention_mask_2d = None
     elif attention_mask.dim() == 2:
+        if facts is not None and facts.all_real and not output_attentions:
+            # No padding (the one host read said so): the shape checked, no bool key mask made (a launch).
+            ops.attention.check_attention_mask(attention_mask, batch, seq, values_checked=True, as_bool=False)
+            return AttentionInputs(), None
         attention_mask_2d = ops.attention.check_attention_mask(attention_mask, batch, seq,
                                                                values_checked=facts is not None)
     elif attention_mask.dim() in (3, 4):

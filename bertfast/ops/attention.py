@@ -37,9 +37,11 @@ def mask_values_ok(attention_mask: torch.Tensor) -> torch.Tensor:
     return ((attention_mask >= 0) & (attention_mask <= 1)).all()
 
 
-def check_attention_mask(attention_mask: torch.Tensor, batch: int, seq: int, values_checked: bool = False) -> torch.Tensor:
-    """The [B, S] key mask as bool; any other shape or a value other than 0/1 raises (reading the values is
-    a host synchronisation, skipped under torch.compile and when the caller says it checked them)."""
+def check_attention_mask(attention_mask: torch.Tensor, batch: int, seq: int, values_checked: bool = False,
+                         as_bool: bool = True) -> torch.Tensor:
+    """The [B, S] key mask as bool (as_bool=False: as given, only checked); any other shape or a value other
+    than 0/1 raises (reading the values is a host synchronisation, skipped under torch.compile
+    and when the caller says it checked them)."""
     check_tensor("attention_mask", attention_mask)
     if tuple(attention_mask.shape) != (batch, seq):
         raise ValueError(f"attention_mask must have shape [batch, seq] = {[batch, seq]}, got {list(attention_mask.shape)}")
@@ -47,7 +49,8 @@ def check_attention_mask(attention_mask: torch.Tensor, batch: int, seq: int, val
         if not values_checked and not torch.compiler.is_compiling() and attention_mask.numel():
             if not bool(mask_values_ok(attention_mask)):
                 raise ValueError(MASK_VALUES_MESSAGE)
-        attention_mask = attention_mask != 0
+        if as_bool:
+            attention_mask = attention_mask != 0
     return attention_mask
 
 

@@ -555,4 +555,7 @@ MUTANTS = [
            "for c0 in range(0, S, COLS):", "for c0 in range(0, S - 1, COLS):", ("tests/test_host_facts.py",)),
     Mutant("host facts: a float mask's 0.5 taken as valid", "bertfast/kernels/host_facts.py",
            "good = (m == 0) | (m == 1)", "good = (m >= 0) & (m <= 1)", ("tests/test_host_facts.py",)),
+    Mutant("a forward without padding makes the bool key mask anyway", "bertfast/models/batch.py",
+           "values_checked=True, as_bool=False)", "values_checked=True, as_bool=True)",
+           ("tests/test_traffic.py::test_a_traced_step_keeps_no_tensor_alive",)),
 ]
