@@ -340,9 +340,9 @@ def test_residual_gradients_added_in_the_matmuls_with_dropout_on(backend):
     """Training with dropout on the Triton path (the interpreter): each layer's two residual branches hand
     their gradient to the q/k/v and intermediate projections' input-gradient matmuls (ops/linear.py:
     addmm_, no add), with the gradients of the same model with that fold off (the same seeds, so the same
-    dropout masks); left padding, a hole and a one-token row. A forward pre-hook on a BertOutput makes it
-    run as the module: that layer's intermediate fold is off (the hook sees its call), the gradients the
-    same. Tolerance 1e-5: fp32, the residual gradient added inside the matmul's sum instead of after it."""
+    dropout masks); left padding, a hole and a one-token row. A hook on a BertOutput or a BertIntermediate
+    makes it run as the module: that layer's intermediate fold is off (the hook sees its call), the
+    gradients the same. Tolerance 1e-5: fp32, the residual gradient added inside the matmul's sum instead of after it."""
     import contextlib
     from unittest import mock
 
@@ -373,15 +373,17 @@ def test_residual_gradients_added_in_the_matmuls_with_dropout_on(backend):
 
     want_out, want, unfolded = step(fold=False)
     seen = []
-    for hooked in (False, True):
-        handle = bf.encoder.layer[1].output.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape)) \
-            if hooked else None
+    hooks = {None: None, "BertOutput": lambda: bf.encoder.layer[1].output.register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].shape)), "BertIntermediate": lambda: bf.encoder.layer[0].intermediate
+        .register_forward_hook(lambda m, a, out: seen.append(out.shape))}
+    for hooked, hook in hooks.items():
+        handle = hook() if hook else None
         out, got, calls = step()
         torch.testing.assert_close(out, want_out, atol=1e-6, rtol=1e-6)
         for key in want:
             torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
-        folds = 2 * 2 - hooked
-        assert calls["addmm_"] == folds and calls["add"] == unfolded["add"] - folds, (calls, unfolded)
+        folds = 2 * 2 - (hooked is not None)  # (a hooked module's layer: its intermediate's fold off)
+        assert calls["addmm_"] == folds and calls["add"] == unfolded["add"] - folds, (hooked, calls, unfolded)
         if handle is not None:
             handle.remove()
-    assert unfolded["addmm_"] == 0 and len(seen) == 1
+    assert unfolded["addmm_"] == 0 and len(seen) == 2

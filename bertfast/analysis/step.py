@@ -5,7 +5,7 @@ encoder, bf16 weights, dropout 0.1, 16,384 tokens: batch 128 x 128) of bertfast'
 padding and with half the tokens padding, and of transformers' BertModel with its eager attention, each
 through `bertfast.analysis.predict` on meta tensors, and prints every launch's predicted time summed by
 kind. The same rates serve both: matmuls at the measured large bf16 matmul rate (790 TFLOP/s, our H200
-run), torch's other kernels and bertfast's memory-bound kernels from their bytes under the constants
+run; an addmm's 2-D C read in series with it), torch's other kernels and bertfast's memory-bound kernels from their bytes under the constants
 calibrated on measured kernels (gpus.FIT; median error 2%, worst 26% on Liger's H100 rows), a fixed
 cost per launch; bertfast's attention kernels by the same model with its tensor cores and issue in series
 (held to the published attention measurements: within gpus.FIT's attention_error of the Triton tutorial

@@ -104,9 +104,10 @@ class BertLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attn: AttentionInputs):
         attention_output, probs = self.attention(hidden, attn)
-        dense = self.intermediate.dense
-        if not runs_as_module(self.intermediate, BertIntermediate) and not runs_as_module(dense, LinearActivation) \
-                and isinstance(self.output, BertSelfOutput) and self.output.takes_folded_residual(attention_output):
+        dense = getattr(self.intermediate, "dense", None)
+        if isinstance(dense, LinearActivation) and not runs_as_module(self.intermediate, BertIntermediate) \
+                and not runs_as_module(dense, LinearActivation) and isinstance(self.output, BertSelfOutput) \
+                and self.output.takes_folded_residual(attention_output):
             # attention_output's two gradients summed in the intermediate matmul (ops/linear.py)
             intermediate, residual = dense.forward_keeping_input(attention_output)
         else:

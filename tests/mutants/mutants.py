@@ -558,4 +558,8 @@ MUTANTS = [
     Mutant("a forward without padding makes the bool key mask anyway", "bertfast/models/batch.py",
            "values_checked=True, as_bool=False)", "values_checked=True, as_bool=True)",
            ("tests/test_traffic.py::test_a_traced_step_keeps_no_tensor_alive",)),
+    Mutant("a hooked BertIntermediate bypassed by the fold", "bertfast/models/bert.py",
+           "if isinstance(dense, LinearActivation) and not runs_as_module(self.intermediate, BertIntermediate) \\",
+           "if isinstance(dense, LinearActivation) \\",
+           ("tests/test_model_parity.py::test_residual_gradients_added_in_the_matmuls_with_dropout_on",)),
 ]
