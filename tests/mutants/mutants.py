@@ -562,4 +562,8 @@ MUTANTS = [
            "if isinstance(dense, LinearActivation) and not runs_as_module(self.intermediate, BertIntermediate) \\",
            "if isinstance(dense, LinearActivation) \\",
            ("tests/test_model_parity.py::test_residual_gradients_added_in_the_matmuls_with_dropout_on",)),
+    Mutant("the concatenated projections' bias gradients split in the wrong order", "bertfast/models/batch.py",
+           "return tuple(g for pair in zip(dws, dbs) for g in pair)",
+           "return tuple(g for pair in zip(dws, dbs[::-1]) for g in pair)",
+           ("tests/test_model_parity.py::test_training_q_k_v_as_one_matmul_and_hooks_respected",)),
 ]
