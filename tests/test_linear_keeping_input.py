@@ -4,6 +4,8 @@ Against F.linear with x used directly as the residual (autograd summing the two 
 CPU, 1e-6 (the same products; only where the residual gradient is added differs: once inside the matmul's
 accumulation or after it). Shapes: hidden 384 and odd ones, batch 1 and a prime number of rows, 3-D and
 2-D inputs."""
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,9 @@ def test_where_it_does_not_apply_the_input_itself_is_returned():
         # autocast: the residual gradient in fp32, the matmul in bf16; autograd sums them in fp32
         assert not keeps_input(x, weight)
         assert linear_keeping_input(x, weight)[1] is x
+    assert keeps_input(x, weight)
+    with mock.patch.object(torch.compiler, "is_compiling", lambda: True):
+        assert not keeps_input(x, weight)  # traced by torch.compile: autograd's add, for inductor to fuse
 
 
 def test_unused_outputs_and_foreign_residual_gradients_are_summed_as_autograd_would():

@@ -12,7 +12,8 @@ its output, a pass of its own).
 
 Where it applies: gradients being recorded for x; x, weight and bias of one dtype; no autocast (under
 autocast the residual gradient is fp32 while the matmul runs in bf16: the sum is then left to autograd, in
-fp32, as for transformers) -- keeps_input -- and, the caller's part, the view going straight into
+fp32, as for transformers); not under torch.compile (functionalised, an in-place addmm_ becomes addmm
+with its copy of C: inductor is left to fuse autograd's add) -- keeps_input -- and, the caller's part, the view going straight into
 bertfast's fused residual LayerNorm with its dropout on (training, p > 0; models.batch.residual_fold).
 The backward adds in place into the residual gradient, which is then the LayerNorm backward's own
 buffer that no one else holds: with dropout on, its gradient for the projection before it is a separate
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 def keeps_input(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether linear_keeping_input adds the residual gradient in the matmul (see the module docstring)."""
     return (torch.is_grad_enabled() and x.requires_grad and x.dtype == weight.dtype
-            and (bias is None or bias.dtype == x.dtype)
+            and (bias is None or bias.dtype == x.dtype) and not torch.compiler.is_compiling()
             and not any(torch.is_autocast_enabled(device) for device in ("cuda", "cpu")))
 
 

@@ -566,4 +566,7 @@ MUTANTS = [
            "return tuple(g for pair in zip(dws, dbs) for g in pair)",
            "return tuple(g for pair in zip(dws, dbs[::-1]) for g in pair)",
            ("tests/test_model_parity.py::test_training_q_k_v_as_one_matmul_and_hooks_respected",)),
+    Mutant("the residual fold traced into torch.compile's graph", "bertfast/ops/linear.py",
+           "and (bias is None or bias.dtype == x.dtype) and not torch.compiler.is_compiling()",
+           "and (bias is None or bias.dtype == x.dtype)", ("tests/test_linear_keeping_input.py",)),
 ]
