@@ -116,7 +116,8 @@ def packed_qkv(sa: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
     no sum of three input gradients), the three projections plain nn.Linear without hooks (a PEFT adapter,
     a hook or a quantised layer runs as itself), alike in bias and dtype, and no global module hook. The
     weights and biases are concatenated at each call, in one launch (_ConcatProjections; 3 H x H + 3 H:
-    3.5 MB in BERT-base's bf16); the parameters and their names are unchanged. None otherwise (the three projections run one by one)."""
+    3.5 MB in BERT-base's bf16); the parameters and their names are unchanged. None otherwise (the three
+    projections run one by one)."""
     return _packed_qkv(sa, hidden, False)[0]
 
 
