@@ -342,7 +342,8 @@ def test_residual_gradients_added_in_the_matmuls_with_dropout_on(backend):
     addmm_, no add), with the gradients of the same model with that fold off (the same seeds, so the same
     dropout masks); left padding, a hole and a one-token row. A hook on a BertOutput or a BertIntermediate
     makes it run as the module: that layer's intermediate fold is off (the hook sees its call), the
-    gradients the same. Tolerance 1e-5: fp32, the residual gradient added inside the matmul's sum instead of after it."""
+    gradients the same. Tolerance 1e-5: fp32, the residual gradient added inside the matmul's sum instead
+    of after it."""
     import contextlib
     from unittest import mock
 

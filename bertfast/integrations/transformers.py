@@ -176,8 +176,8 @@ def _dense_residual_layer_norm(module, x, residual, training, seed=None):
 def _intermediate(module, x, layer, keep_input: bool = False):
     """(transformers' BertIntermediate: act(dense(x)), x or the view of it that linear_keeping_input
     returns): the bias add fused into GELU when the projection is a plain nn.Linear (a LoRA-wrapped one
-    runs as itself) and the config names a GELU; keep_input (models.batch.residual_fold): the view, on
-    that fused path on the Triton path."""
+    runs as itself) and the config names a GELU; keep_input (the caller's models.batch.residual_fold, which
+    holds only on the Triton path): the view, on that fused path."""
     dense = module.dense
     hidden_act = getattr(getattr(layer.attention.self, "config", None), "hidden_act", None)
     approximate = _ACTIVATIONS.get(hidden_act, (None, None))[0] if isinstance(hidden_act, str) else None
@@ -185,8 +185,7 @@ def _intermediate(module, x, layer, keep_input: bool = False):
         return cpu.linear(dense, x, "gelu" if approximate == "none" else "gelu_tanh"), x
     if approximate is not None and type(dense) is nn.Linear and dense.bias is not None and (
             _backend.use_triton(x) or fused_on_cpu(approximate, x, dense.weight, dense.bias)):
-        y, kept = linear_keeping_input(x, dense.weight) if keep_input and _backend.use_triton(x) \
-            else (F.linear(x, dense.weight), x)
+        y, kept = linear_keeping_input(x, dense.weight) if keep_input else (F.linear(x, dense.weight), x)
         return ops.fused_bias_gelu(y, dense.bias, approximate), kept
     if approximate is not None and isinstance(dense, Int8Linear):  # GELU fused into the dequantisation
         return dense(x, activation="gelu" if approximate == "none" else "gelu_tanh"), x

@@ -71,8 +71,7 @@ class LinearActivation(nn.Linear):
         approximate, plain = _ACTIVATIONS[self.activation]
         if approximate is not None and self.bias is not None and (_backend.use_triton(x) or fused_on_cpu(
                 approximate, x, self.weight, self.bias)):
-            y, kept = linear_keeping_input(x, self.weight) if keep_input and _backend.use_triton(x) \
-                else (F.linear(x, self.weight), x)
+            y, kept = linear_keeping_input(x, self.weight) if keep_input else (F.linear(x, self.weight), x)
             return ops.fused_bias_gelu(y, self.bias, approximate), kept
         # Otherwise on the CPU the matmul's own bias add (addmm) is the cheaper fusion.
         y = F.linear(x, self.weight, self.bias)

@@ -13,13 +13,14 @@ its output, a pass of its own).
 Where it applies: gradients being recorded for x; x, weight and bias of one dtype; no autocast (under
 autocast the residual gradient is fp32 while the matmul runs in bf16: the sum is then left to autograd, in
 fp32, as for transformers); not under torch.compile (functionalised, an in-place addmm_ becomes addmm
-with its copy of C: inductor is left to fuse autograd's add) -- keeps_input -- and, the caller's part, the view going straight into
-bertfast's fused residual LayerNorm with its dropout on (training, p > 0; models.batch.residual_fold).
-The backward adds in place into the residual gradient, which is then the LayerNorm backward's own
-buffer that no one else holds: with dropout on, its gradient for the projection before it is a separate
-tensor (with dropout off it may be the same tensor, which a user's hook could hold: there autograd sums).
-It adds in place only into a gradient of x's dtype, shape and layout, and not under create_graph;
-anything else (no residual gradient, a broadcast one, a double backward) is summed as autograd would.
+with its copy of C: inductor is left to fuse autograd's add) -- keeps_input -- and, the caller's part,
+the view going straight into bertfast's Triton residual LayerNorm with its dropout on (training, p > 0;
+models.batch.residual_fold). The backward adds in place into the residual gradient, which is then the
+LayerNorm backward's own buffer that no one else holds: with dropout on, its gradient for the projection
+before it is a separate tensor (with dropout off it may be the same tensor, which a user's hook could
+hold: there autograd sums). It adds in place only into a gradient of x's dtype, shape and layout, and not
+under create_graph; anything else (no residual gradient, a broadcast one, a double backward) is summed
+as autograd would.
 """
 from __future__ import annotations
 
